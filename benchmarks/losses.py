@@ -1,0 +1,302 @@
+"""Loss + gradient time and peak memory against the global batch.
+
+Three implementations of the same math, side by side in one script, on the same machine:
+
+* ``jax``: the plain call (``axis_name=None``) on one device, jitted ``value_and_grad``;
+* ``jax_shard_map``: the ``axis_name`` path inside ``jax.shard_map`` over N simulated CPU
+  devices (``--xla_force_host_platform_device_count``), the way a pod runs it;
+* ``torch``: a PyTorch CPU peer written the usual way (full similarity matrix + cross-entropy,
+  autograd backward), if torch is installed (``pip install torch==2.13.0``; benchmark-only).
+
+Each (implementation, loss, batch) runs in its own subprocess so peak memory is clean:
+``peak_rss`` is the child's peak resident set growth over its baseline (all simulated devices
+together), and for JAX ``xla_per_device`` is XLA's planned per-device footprint (temporaries +
+arguments + outputs, from ``compiled.memory_analysis()``), which is the number that tells
+O(global^2) from O(local x global). Times are the median of ``--reps`` runs after a warm-up.
+On a CPU host the simulated devices share the same cores, so the shard_map column measures
+the cost of the sharded program's structure, not a speed-up.
+
+Usage:
+  python benchmarks/losses.py --quick            # a minute: small batches, prints the table
+  python benchmarks/losses.py                    # full sweep 1k..32k, writes benchmarks/results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LOSSES = ("nt_xent", "clip", "siglip")
+IMPLS = ("jax", "jax_shard_map", "torch")
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _time(fn, reps: int) -> tuple[float, float]:
+    """(first call incl. compile, median of reps) in seconds."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return first, times[len(times) // 2]
+
+
+def _run_jax(loss: str, batch: int, dim: int, reps: int, devices: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import PartitionSpec as P
+
+    sys.path.insert(0, str(REPO))
+    from mmssl_jax import losses, sharding
+
+    calls = {
+        "nt_xent": lambda a, b, ax: losses.nt_xent(a, b, temperature=0.1, axis_name=ax),
+        "clip": lambda a, b, ax: losses.clip(a, b, logit_scale=jnp.log(1 / 0.07), axis_name=ax),
+        "siglip": lambda a, b, ax: losses.siglip(a, b, logit_scale=jnp.log(10.0), logit_bias=-10.0, axis_name=ax),
+    }
+    call = calls[loss]
+    rng = np.random.default_rng(0)
+    z1 = rng.normal(size=(batch, dim)).astype(np.float32)
+    z2 = rng.normal(size=(batch, dim)).astype(np.float32)
+    if devices == 1:
+        fn = jax.jit(jax.value_and_grad(lambda a, b: call(a, b, None), argnums=(0, 1)))
+        args = (jnp.asarray(z1), jnp.asarray(z2))
+    else:
+        if batch % devices:
+            raise ValueError(f"batch {batch} does not split over {devices} devices")
+        mesh = sharding.make_mesh(jax.devices()[:devices])
+        axis = sharding.DATA_AXIS
+        per_device = jax.value_and_grad(lambda a, b: call(a, b, axis), argnums=(0, 1))
+        fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=(P(), (P(axis), P(axis)))))
+        args = tuple(jax.device_put(z, sharding.batch_sharding(mesh)) for z in (z1, z2))
+    compiled = fn.lower(*args).compile()
+    analysis = compiled.memory_analysis()
+    xla_bytes = None
+    if analysis is not None:
+        xla_bytes = int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes)
+    baseline = _rss_bytes()
+    first, median = _time(lambda: jax.block_until_ready(compiled(*args)), reps)
+    value = float(compiled(*args)[0])
+    return {
+        "seconds": median,
+        "first_call_seconds": first,
+        "peak_rss_bytes": max(0, _peak_rss_bytes() - baseline),
+        "xla_per_device_bytes": xla_bytes,
+        "value": value,
+        "device": f"{jax.devices()[0].device_kind} x{devices}",
+    }
+
+
+def _run_torch(loss: str, batch: int, dim: int, reps: int) -> dict:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    def nt_xent(a, b):
+        z = F.normalize(torch.cat([a, b]), dim=1)
+        logits = z @ z.T / 0.1
+        logits.fill_diagonal_(float("-inf"))
+        n = a.shape[0]
+        labels = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+        return F.cross_entropy(logits, labels)
+
+    def clip(a, b):
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        logits = (1 / 0.07) * a @ b.T
+        labels = torch.arange(a.shape[0])
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+    def siglip(a, b):
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        logits = 10.0 * a @ b.T - 10.0
+        labels = 2 * torch.eye(a.shape[0]) - 1
+        return -F.logsigmoid(labels * logits).sum() / a.shape[0]
+
+    call = {"nt_xent": nt_xent, "clip": clip, "siglip": siglip}[loss]
+    rng = np.random.default_rng(0)
+    z1 = torch.from_numpy(rng.normal(size=(batch, dim)).astype(np.float32)).requires_grad_()
+    z2 = torch.from_numpy(rng.normal(size=(batch, dim)).astype(np.float32)).requires_grad_()
+
+    def step():
+        z1.grad = z2.grad = None
+        value = call(z1, z2)
+        value.backward()
+        return value
+
+    baseline = _rss_bytes()
+    first, median = _time(step, reps)
+    return {
+        "seconds": median,
+        "first_call_seconds": first,
+        "peak_rss_bytes": max(0, _peak_rss_bytes() - baseline),
+        "xla_per_device_bytes": None,
+        "value": float(step()),
+        "device": f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads",
+    }
+
+
+def _child(spec: dict) -> None:
+    if spec["impl"] == "torch":
+        result = _run_torch(spec["loss"], spec["batch"], spec["dim"], spec["reps"])
+    else:
+        result = _run_jax(spec["loss"], spec["batch"], spec["dim"], spec["reps"], spec["devices"])
+    print("RESULT " + json.dumps(result))
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def _estimated_bytes(impl: str, loss: str, batch: int, devices: int) -> int:
+    """Rough peak of the similarity blocks (logits, softmax, gradient, mask): 4 float32 copies."""
+    views = 2 if loss == "nt_xent" else 1
+    rows = views * batch
+    cols = views * batch
+    copies = 4 if loss != "clip" else 6  # clip holds both directions
+    # Every simulated device lives in this one process, so the host total is the same
+    # O(global^2) whether it is split over devices or not; per device it is 1/devices of it.
+    del impl, devices
+    return copies * 4 * rows * cols
+
+
+def _run_child(spec: dict, timeout: float) -> dict:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    if spec["impl"] == "jax_shard_map":
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={spec['devices']}"
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(spec)],
+            capture_output=True, text=True, timeout=timeout, env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"exit {proc.returncode}: {tail[0][:200]}"}
+
+
+def _fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 2**20:,.0f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def _markdown(results: list[dict], devices: int, machine: str) -> str:
+    lines = [
+        f"Machine: {machine}. Loss + gradient (jitted `value_and_grad`), dim {results[0]['dim'] if results else '-'}, "
+        f"median of repeats. `jax_shard_map` runs the `axis_name` path over {devices} simulated CPU devices "
+        "sharing the same cores. Ratios are against `jax` (the plain call) in the same row; "
+        "> 1 means slower / more memory than the plain JAX call.",
+        "",
+        "| loss | global batch | impl | time (s) | time ratio | peak RSS growth | RSS ratio | XLA per device |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(r["loss"], r["batch"], r["impl"]): r for r in results}
+    for r in results:
+        base = by_key.get((r["loss"], r["batch"], "jax"), {})
+        if "error" in r or "skipped" in r:
+            why = r.get("error") or r.get("skipped")
+            lines.append(f"| {r['loss']} | {r['batch']:,} | {r['impl']} | {why} | | | | |")
+            continue
+        t_ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base.get("seconds") else "-"
+        m_ratio = (
+            f"{r['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}x"
+            if base.get("peak_rss_bytes") else "-"
+        )
+        lines.append(
+            f"| {r['loss']} | {r['batch']:,} | {r['impl']} | {r['seconds']:.4f} | {t_ratio} | "
+            f"{_fmt_bytes(r['peak_rss_bytes'])} | {m_ratio} | {_fmt_bytes(r['xla_per_device_bytes'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small batches, two losses, about a minute")
+    parser.add_argument("--batches", default="1024,2048,4096,8192,16384,32768")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--devices", type=int, default=8, help="simulated devices for jax_shard_map")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--memory-budget-gb", type=float, default=12.0,
+                        help="skip a configuration whose estimated host memory exceeds this")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
+    parser.add_argument("--out", default=None,
+                        help="folder for JSON + Markdown (default: benchmarks/results, or runs/benchmarks with --quick)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(json.loads(args.child))
+        return
+
+    if args.quick:
+        args.batches, args.losses, args.reps = "256,1024", "nt_xent,clip", 2
+    out = Path(args.out or (REPO / ("runs/benchmarks" if args.quick else "benchmarks/results")))
+    impls = [i for i in args.impls.split(",") if i]
+    if "torch" in impls:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("torch is not installed: skipping the PyTorch peer (pip install torch==2.13.0).")
+            impls.remove("torch")
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"
+    budget = args.memory_budget_gb * 2**30
+    results = []
+    for loss in args.losses.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            for impl in impls:
+                spec = {"impl": impl, "loss": loss, "batch": batch, "dim": args.dim,
+                        "reps": args.reps, "devices": args.devices if impl == "jax_shard_map" else 1}
+                estimate = _estimated_bytes(impl, loss, batch, spec["devices"])
+                if estimate > budget:
+                    result = {"skipped": f"skipped: est. {_fmt_bytes(estimate)} > {args.memory_budget_gb:g} GiB budget"}
+                else:
+                    result = _run_child(spec, args.timeout)
+                row = {**spec, **result}
+                results.append(row)
+                shown = result.get("error") or result.get("skipped") or (
+                    f"{result['seconds']:.4f} s, peak RSS +{_fmt_bytes(result['peak_rss_bytes'])}, "
+                    f"XLA/device {_fmt_bytes(result['xla_per_device_bytes'])}, loss {result['value']:.4f}")
+                print(f"{loss:8s} batch {batch:6d} {impl:14s} {shown}", flush=True)
+
+    table = _markdown(results, args.devices, machine)
+    print()
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "losses_quick" if args.quick else "losses"
+    (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "args": vars(args), "results": results}, indent=1))
+    (out / f"{stem}.md").write_text(table)
+    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+"""Self-supervised losses as pure functions: plain arrays in, a float32 scalar out.
+
+Every loss takes unnormalized embeddings ``[batch, dim]`` (any float dtype; the math is done in
+float32), normalizes them as its paper does, and returns the mean over the *global* batch.
+
+Sharding. ``axis_name=None`` means the arrays on hand are the whole batch; this is also the right
+call under ``jit`` on a global array sharded over a mesh, where XLA partitions the work. Inside
+``jax.shard_map`` (or ``jax.pmap``) pass the mapped axis name: each device then holds its local
+rows, gathers the other devices' embeddings as negatives, and computes only its own rows against
+all columns, so per-device memory is ``O(local x global)``, never ``O(global^2)``. Batch
+statistics (Barlow Twins, VICReg) are summed over devices. The returned value is the global loss
+on every device, and gradients with respect to each device's rows equal the corresponding rows of
+the unsharded gradient; every device must hold the same number of rows.
+
+Gradients under ``axis_name`` are exact in ``shard_map`` (typed or ``check_vma=False``) and in
+``pmap``: on every device, the gradient with respect to that device's rows is the matching block
+of the unsharded gradient. For a parameter replicated on every device and fed to the loss (a
+learnable ``logit_scale``), ``shard_map`` with its default ``check_vma=True`` already returns the
+full gradient; under ``pmap`` each device gets its own share, so ``psum`` (not ``pmean``) those.
+
+Shapes and ranks are checked at trace time and errors name the argument and its shape.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from mmssl_jax import sharding
+
+__all__ = [
+    "nt_xent",
+    "info_nce",
+    "clip",
+    "siglip",
+    "barlow_twins",
+    "barlow_twins_terms",
+    "vicreg",
+    "vicreg_terms",
+    "positive_pair_accuracy",
+]
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+_NORMALIZE_EPS = 1e-12  # As torch.nn.functional.normalize: x / max(||x||, eps).
+_BN_EPS = 1e-5  # Barlow Twins standardizes with BatchNorm1d(affine=False): eps 1e-5.
+_VICREG_EPS = 1e-4  # std = sqrt(var + 1e-4) in the VICReg paper and code.
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _check_embeddings(fn: str, name: str, x: ArrayLike) -> tuple[int, int]:
+    shape = jnp.shape(x)
+    if len(shape) != 2:
+        raise ValueError(f"{fn}: `{name}` must be [batch, dim] (rank 2), got shape {shape}.")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{fn}: `{name}` is empty, shape {shape}; need batch >= 1 and dim >= 1.")
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{fn}: `{name}` must be a floating-point array, got dtype {dtype}.")
+    return shape[0], shape[1]
+
+
+def _check_pair(fn: str, name_a: str, a: ArrayLike, name_b: str, b: ArrayLike) -> tuple[int, int]:
+    """Checks two paired embedding arrays; returns the local ``(batch, dim)``."""
+    batch, dim = _check_embeddings(fn, name_a, a)
+    _check_embeddings(fn, name_b, b)
+    if jnp.shape(a) != jnp.shape(b):
+        raise ValueError(
+            f"{fn}: `{name_a}` and `{name_b}` must have the same shape, got "
+            f"{jnp.shape(a)} and {jnp.shape(b)}."
+        )
+    return batch, dim
+
+
+def _check_positive(fn: str, name: str, value: ArrayLike) -> None:
+    if isinstance(value, numbers.Real) and not value > 0:
+        raise ValueError(f"{fn}: `{name}` must be > 0, got {value}.")
+
+
+def _scalar(fn: str, name: str, value: ArrayLike) -> Array:
+    if jnp.size(value) != 1:
+        raise ValueError(f"{fn}: `{name}` must be a scalar, got shape {jnp.shape(value)}.")
+    return jnp.reshape(jnp.asarray(value, jnp.float32), ())
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def _l2_normalize(x: ArrayLike) -> Array:
+    """Rows scaled to unit L2 norm, in float32: ``x / max(||x||, eps)``."""
+    x = jnp.asarray(x, jnp.float32)
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    return x * lax.rsqrt(jnp.maximum(sq, _NORMALIZE_EPS**2))
+
+
+def _similarity(rows: Array, cols: Array) -> Array:
+    """``rows @ cols.T`` in full float32 precision (no TF32 / bf16 passes): ``[n, d], [m, d] -> [n, m]``."""
+    return jnp.matmul(rows, cols.T, precision=lax.Precision.HIGHEST)
+
+
+def _cross_entropy(logits: Array, labels: Array) -> Array:
+    """Per-row softmax cross-entropy with integer labels: ``[n, m], [n] -> [n]``."""
+    positive = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    return jax.nn.logsumexp(logits, axis=-1) - positive
+
+
+def _global_mean(local_sum: Array, global_count: int, axis_name: str | None) -> Array:
+    return sharding.global_sum(local_sum, axis_name) / global_count
+
+
+def _off_diagonal(m: Array) -> Array:
+    """``m`` with its diagonal set to zero: ``[d, d] -> [d, d]``."""
+    return jnp.where(jnp.eye(m.shape[0], dtype=bool), 0.0, m)
+
+
+# --------------------------------------------------------------------------- contrastive losses
+
+
+def nt_xent(
+    z1: ArrayLike, z2: ArrayLike, *, temperature: float | ArrayLike = 0.1, axis_name: str | None = None
+) -> Array:
+    """SimCLR's normalized-temperature cross-entropy (NT-Xent), the 2N-way loss.
+
+    Both views are L2-normalized. Each of the 2N embeddings (N = global batch) has its other view
+    as the positive and the remaining 2N - 2 embeddings of both views as negatives; its own
+    self-similarity is excluded. Returns the mean over the 2N rows.
+
+    Args:
+      z1: first view's embeddings, ``[batch, dim]``.
+      z2: second view's embeddings, ``[batch, dim]``; row i pairs with ``z1[i]``.
+      temperature: softmax temperature (0.1 for large-batch ImageNet, 0.5 on CIFAR, 0.2 at small
+        batch); may be a traced array.
+      axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+
+    Returns:
+      float32 scalar.
+    """
+    n, _ = _check_pair("nt_xent", "z1", z1, "z2", z2)
+    _check_positive("nt_xent", "temperature", temperature)
+    z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
+    index, devices = sharding.axis_index_and_size(axis_name)
+    g = n * devices
+    # Columns: all of view 1, then all of view 2 (global order). Rows: this device's part of each.
+    cols = jnp.concatenate([sharding.all_gather_rows(z1, axis_name), sharding.all_gather_rows(z2, axis_name)])
+    rows = jnp.concatenate([z1, z2])
+    logits = _similarity(rows, cols) / temperature  # [2n, 2g]
+    own = index * n + jnp.arange(n)
+    self_col = jnp.concatenate([own, g + own])
+    positive_col = jnp.concatenate([g + own, own])
+    is_self = jnp.arange(2 * g)[None, :] == self_col[:, None]
+    logits = jnp.where(is_self, -jnp.inf, logits)
+    return _global_mean(jnp.sum(_cross_entropy(logits, positive_col)), 2 * g, axis_name)
+
+
+def info_nce(
+    query: ArrayLike,
+    key: ArrayLike,
+    *,
+    temperature: float | ArrayLike = 0.07,
+    negatives: ArrayLike | None = None,
+    axis_name: str | None = None,
+) -> Array:
+    """InfoNCE of queries against keys (one direction), with in-batch or queued negatives.
+
+    Queries, keys and negatives are L2-normalized.
+
+    * ``negatives=None``: row i's positive is ``key[i]`` and every other key of the global batch
+      is a negative (logits ``[batch, batch]``, label i).
+    * ``negatives`` ``[K, dim]`` (a MoCo queue): row i's logits are
+      ``[q_i . k_i, q_i . negatives]`` with label 0; the in-batch keys are not negatives. Pass a
+      queue that is not to be trained through ``jax.lax.stop_gradient``. Under ``axis_name`` the
+      queue must be the same on every device.
+
+    Args:
+      query: ``[batch, dim]``.
+      key: ``[batch, dim]``, row i is query i's positive.
+      temperature: softmax temperature (MoCo v2: 0.2; CPC/MoCo v1: 0.07).
+      negatives: optional ``[K, dim]`` extra negatives.
+      axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+
+    Returns:
+      float32 scalar, the mean over the global batch of queries.
+    """
+    n, dim = _check_pair("info_nce", "query", query, "key", key)
+    _check_positive("info_nce", "temperature", temperature)
+    q, k = _l2_normalize(query), _l2_normalize(key)
+    index, devices = sharding.axis_index_and_size(axis_name)
+    if negatives is None:
+        logits = _similarity(q, sharding.all_gather_rows(k, axis_name))  # [n, g]
+        labels = index * n + jnp.arange(n)
+    else:
+        _, neg_dim = _check_embeddings("info_nce", "negatives", negatives)
+        if neg_dim != dim:
+            raise ValueError(
+                f"info_nce: `negatives` must have the embedding dim of `query`, got "
+                f"negatives {jnp.shape(negatives)} and query {jnp.shape(query)}."
+            )
+        positive = jnp.sum(q * k, axis=-1, keepdims=True)  # [n, 1]
+        logits = jnp.concatenate([positive, _similarity(q, _l2_normalize(negatives))], axis=1)
+        labels = jnp.zeros((n,), jnp.int32)
+    per_row = _cross_entropy(logits / temperature, labels)
+    return _global_mean(jnp.sum(per_row), n * devices, axis_name)
+
+
+def clip(
+    image_emb: ArrayLike, text_emb: ArrayLike, *, logit_scale: ArrayLike, axis_name: str | None = None
+) -> Array:
+    """CLIP's symmetric contrastive loss.
+
+    Embeddings are L2-normalized; ``logits = exp(logit_scale) * image @ text.T`` over the global
+    batch; the loss is the mean of the image-to-text and text-to-image cross-entropies with the
+    matching pair as the label.
+
+    Args:
+      image_emb: ``[batch, dim]``.
+      text_emb: ``[batch, dim]``, row i is the caption of image i.
+      logit_scale: scalar, log of the inverse temperature (CLIP initialises it to log(1/0.07) and
+        clamps the learned value at log(100); the clamp belongs to the training step).
+      axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+
+    Returns:
+      float32 scalar.
+    """
+    n, _ = _check_pair("clip", "image_emb", image_emb, "text_emb", text_emb)
+    scale = jnp.exp(_scalar("clip", "logit_scale", logit_scale))
+    a, b = _l2_normalize(image_emb), _l2_normalize(text_emb)
+    index, devices = sharding.axis_index_and_size(axis_name)
+    labels = index * n + jnp.arange(n)
+    image_to_text = scale * _similarity(a, sharding.all_gather_rows(b, axis_name))  # [n, g]
+    if axis_name is None:
+        text_to_image = image_to_text.T  # the whole square is on hand: one matmul, not two
+    else:
+        text_to_image = scale * _similarity(b, sharding.all_gather_rows(a, axis_name))  # [n, g]
+    per_row = _cross_entropy(image_to_text, labels) + _cross_entropy(text_to_image, labels)
+    return _global_mean(jnp.sum(per_row), 2 * n * devices, axis_name)
+
+
+def siglip(
+    image_emb: ArrayLike,
+    text_emb: ArrayLike,
+    *,
+    logit_scale: ArrayLike,
+    logit_bias: ArrayLike,
+    axis_name: str | None = None,
+) -> Array:
+    """SigLIP's pairwise sigmoid loss.
+
+    Embeddings are L2-normalized; ``logits = exp(logit_scale) * image @ text.T + logit_bias``;
+    labels are +1 for matching pairs and -1 for every other pair of the global batch;
+    ``loss = -sum(log_sigmoid(label * logits)) / batch``.
+
+    Args:
+      image_emb: ``[batch, dim]``.
+      text_emb: ``[batch, dim]``, row i is the caption of image i.
+      logit_scale: scalar log-scale (SigLIP initialises it to log(10)).
+      logit_bias: scalar bias (SigLIP initialises it to -10).
+      axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+
+    Returns:
+      float32 scalar.
+    """
+    n, _ = _check_pair("siglip", "image_emb", image_emb, "text_emb", text_emb)
+    scale = jnp.exp(_scalar("siglip", "logit_scale", logit_scale))
+    bias = _scalar("siglip", "logit_bias", logit_bias)
+    a, b = _l2_normalize(image_emb), _l2_normalize(text_emb)
+    index, devices = sharding.axis_index_and_size(axis_name)
+    g = n * devices
+    logits = scale * _similarity(a, sharding.all_gather_rows(b, axis_name)) + bias  # [n, g]
+    matching = jnp.arange(g)[None, :] == (index * n + jnp.arange(n))[:, None]
+    labels = jnp.where(matching, 1.0, -1.0)
+    return _global_mean(-jnp.sum(jax.nn.log_sigmoid(labels * logits)), g, axis_name)
+
+
+# --------------------------------------------------------------------------- redundancy reduction
+
+
+def _batch_mean(x: Array, count: int, axis_name: str | None) -> Array:
+    """Per-dimension mean over the global batch, ready to combine with ``x``'s rows: ``[n, d] -> [d]``."""
+    mean = sharding.global_sum(jnp.sum(x, axis=0), axis_name) / count
+    return sharding.use_with_rows(mean, x, axis_name)
+
+
+def barlow_twins_terms(
+    z1: ArrayLike, z2: ArrayLike, *, axis_name: str | None = None
+) -> dict[str, Array]:
+    """The two parts of the Barlow Twins loss before weighting.
+
+    Returns ``{"on_diagonal": sum_i (1 - C_ii)^2, "off_diagonal": sum_{i != j} C_ij^2}`` where
+    ``C`` is the cross-correlation matrix defined in :func:`barlow_twins`.
+    """
+    n, _ = _check_pair("barlow_twins", "z1", z1, "z2", z2)
+    _, devices = sharding.axis_index_and_size(axis_name)
+    g = n * devices
+
+    def standardize(z: ArrayLike) -> Array:
+        z = jnp.asarray(z, jnp.float32)
+        centred = z - _batch_mean(z, g, axis_name)
+        variance = _batch_mean(centred * centred, g, axis_name)  # biased, as BatchNorm
+        return centred * lax.rsqrt(variance + _BN_EPS)
+
+    z1n, z2n = standardize(z1), standardize(z2)
+    c = sharding.global_sum(_similarity(z1n.T, z2n.T), axis_name) / g  # [dim, dim]
+    return {
+        "on_diagonal": jnp.sum((1.0 - jnp.diagonal(c)) ** 2),
+        "off_diagonal": jnp.sum(_off_diagonal(c) ** 2),
+    }
+
+
+def barlow_twins(
+    z1: ArrayLike, z2: ArrayLike, *, lambda_: float = 5e-3, axis_name: str | None = None
+) -> Array:
+    """Barlow Twins' redundancy-reduction loss.
+
+    Each dimension is standardized over the global batch (biased variance, eps 1e-5: BatchNorm
+    without affine); ``C = z1n.T @ z2n / batch`` is the ``[dim, dim]`` cross-correlation, summed
+    over devices under ``axis_name``; the loss is
+    ``sum_i (1 - C_ii)^2 + lambda_ * sum_{i != j} C_ij^2``.
+
+    Args:
+      z1, z2: the two views' projector outputs, ``[batch, dim]``.
+      lambda_: weight of the redundancy (off-diagonal) term; the paper uses 5e-3 (0.0051).
+      axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+
+    Returns:
+      float32 scalar.
+    """
+    terms = barlow_twins_terms(z1, z2, axis_name=axis_name)
+    return terms["on_diagonal"] + lambda_ * terms["off_diagonal"]
+
+
+def vicreg_terms(z1: ArrayLike, z2: ArrayLike, *, axis_name: str | None = None) -> dict[str, Array]:
+    """The three VICReg terms before weighting, as defined in :func:`vicreg`.
+
+    Returns ``{"invariance": ..., "variance": ..., "covariance": ...}``.
+    """
+    n, dim = _check_pair("vicreg", "z1", z1, "z2", z2)
+    _, devices = sharding.axis_index_and_size(axis_name)
+    g = n * devices
+    if g < 2:
+        raise ValueError(
+            f"vicreg: needs a global batch of at least 2 for the unbiased variance, got z1 "
+            f"{jnp.shape(z1)} on {devices} device(s)."
+        )
+    z1, z2 = jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32)
+    diff = z1 - z2
+    invariance = sharding.global_sum(jnp.sum(diff * diff), axis_name) / (g * dim)
+
+    def variance_and_covariance(z: Array) -> tuple[Array, Array]:
+        centred = z - _batch_mean(z, g, axis_name)
+        variance = sharding.global_sum(jnp.sum(centred * centred, axis=0), axis_name) / (g - 1)
+        hinge = jnp.mean(jax.nn.relu(1.0 - jnp.sqrt(variance + _VICREG_EPS)))
+        cov = sharding.global_sum(_similarity(centred.T, centred.T), axis_name) / (g - 1)
+        return hinge, jnp.sum(_off_diagonal(cov) ** 2) / dim
+
+    var1, cov1 = variance_and_covariance(z1)
+    var2, cov2 = variance_and_covariance(z2)
+    return {"invariance": invariance, "variance": (var1 + var2) / 2, "covariance": cov1 + cov2}
+
+
+def vicreg(
+    z1: ArrayLike,
+    z2: ArrayLike,
+    *,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    axis_name: str | None = None,
+) -> Array:
+    """VICReg: variance-invariance-covariance regularization (Bardes et al., 2022).
+
+    * invariance: mean squared error between the views, averaged over all elements;
+    * variance: per branch, the mean over dimensions of ``relu(1 - sqrt(var + 1e-4))`` with the
+      unbiased variance over the global batch; averaged over the two branches;
+    * covariance: per branch, the sum of squared off-diagonal entries of the (N-1)-normalized
+      covariance matrix, divided by dim; summed over the two branches.
+
+    No normalization is applied to the embeddings (as in the paper).
+
+    Args:
+      z1, z2: the two views' expander outputs, ``[batch, dim]``; the global batch must be >= 2.
+      sim_weight, var_weight, cov_weight: the paper's 25, 25, 1.
+      axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+
+    Returns:
+      float32 scalar ``sim_weight * invariance + var_weight * variance + cov_weight * covariance``.
+    """
+    terms = vicreg_terms(z1, z2, axis_name=axis_name)
+    return (
+        sim_weight * terms["invariance"]
+        + var_weight * terms["variance"]
+        + cov_weight * terms["covariance"]
+    )
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def positive_pair_accuracy(query: ArrayLike, key: ArrayLike, *, axis_name: str | None = None) -> Array:
+    """In-batch top-1 retrieval accuracy: how often ``query[i]``'s most similar key is ``key[i]``.
+
+    Cosine similarity against every key of the global batch; the metric a trainer logs beside a
+    contrastive loss (average both directions for symmetric methods).
+
+    Args:
+      query, key: ``[batch, dim]`` paired embeddings.
+      axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+
+    Returns:
+      float32 scalar in [0, 1], the fraction over the global batch.
+    """
+    n, _ = _check_pair("positive_pair_accuracy", "query", query, "key", key)
+    q, k = _l2_normalize(query), _l2_normalize(key)
+    index, devices = sharding.axis_index_and_size(axis_name)
+    similarity = _similarity(q, sharding.all_gather_rows(k, axis_name))
+    correct = jnp.argmax(similarity, axis=-1) == index * n + jnp.arange(n)
+    return _global_mean(jnp.sum(correct.astype(jnp.float32)), n * devices, axis_name)
