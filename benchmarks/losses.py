@@ -64,7 +64,7 @@ def _time(fn, reps: int) -> tuple[float, float]:
     return first, times[len(times) // 2]
 
 
-def _run_jax(loss: str, batch: int, dim: int, reps: int, devices: int) -> dict:
+def _run_jax(loss: str, batch: int, dim: int, reps: int, devices: int, compile_only: bool = False) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -82,9 +82,11 @@ def _run_jax(loss: str, batch: int, dim: int, reps: int, devices: int) -> dict:
     rng = np.random.default_rng(0)
     z1 = rng.normal(size=(batch, dim)).astype(np.float32)
     z2 = rng.normal(size=(batch, dim)).astype(np.float32)
+    if compile_only:  # abstract inputs: XLA plans the memory without allocating any
+        z1 = z2 = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
     if devices == 1:
         fn = jax.jit(jax.value_and_grad(lambda a, b: call(a, b, None), argnums=(0, 1)))
-        args = (jnp.asarray(z1), jnp.asarray(z2))
+        args = (z1, z2) if compile_only else (jnp.asarray(z1), jnp.asarray(z2))
     else:
         if batch % devices:
             raise ValueError(f"batch {batch} does not split over {devices} devices")
@@ -92,12 +94,18 @@ def _run_jax(loss: str, batch: int, dim: int, reps: int, devices: int) -> dict:
         axis = sharding.DATA_AXIS
         per_device = jax.value_and_grad(lambda a, b: call(a, b, axis), argnums=(0, 1))
         fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=(P(), (P(axis), P(axis)))))
-        args = tuple(jax.device_put(z, sharding.batch_sharding(mesh)) for z in (z1, z2))
+        place = sharding.batch_sharding(mesh)
+        if compile_only:
+            args = tuple(jax.ShapeDtypeStruct(z.shape, z.dtype, sharding=place) for z in (z1, z2))
+        else:
+            args = tuple(jax.device_put(z, place) for z in (z1, z2))
     compiled = fn.lower(*args).compile()
     analysis = compiled.memory_analysis()
     xla_bytes = None
     if analysis is not None:
         xla_bytes = int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes)
+    if compile_only:
+        return {"xla_per_device_bytes": xla_bytes, "device": f"{jax.devices()[0].device_kind} x{devices}"}
     baseline = _rss_bytes()
     first, median = _time(lambda: jax.block_until_ready(compiled(*args)), reps)
     value = float(compiled(*args)[0])
@@ -163,7 +171,8 @@ def _child(spec: dict) -> None:
     if spec["impl"] == "torch":
         result = _run_torch(spec["loss"], spec["batch"], spec["dim"], spec["reps"])
     else:
-        result = _run_jax(spec["loss"], spec["batch"], spec["dim"], spec["reps"], spec["devices"])
+        result = _run_jax(spec["loss"], spec["batch"], spec["dim"], spec["reps"], spec["devices"],
+                          spec.get("compile_only", False))
     print("RESULT " + json.dumps(result))
 
 
@@ -224,7 +233,8 @@ def _markdown(results: list[dict], devices: int, machine: str) -> str:
         base = by_key.get((r["loss"], r["batch"], "jax"), {})
         if "error" in r or "skipped" in r:
             why = r.get("error") or r.get("skipped")
-            lines.append(f"| {r['loss']} | {r['batch']:,} | {r['impl']} | {why} | | | | |")
+            planned = _fmt_bytes(r.get("xla_per_device_bytes"))
+            lines.append(f"| {r['loss']} | {r['batch']:,} | {r['impl']} | {why} | | | | {planned} |")
             continue
         t_ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base.get("seconds") else "-"
         m_ratio = (
@@ -278,12 +288,16 @@ def main(argv: list[str] | None = None) -> None:
                         "reps": args.reps, "devices": args.devices if impl == "jax_shard_map" else 1}
                 estimate = _estimated_bytes(impl, loss, batch, spec["devices"])
                 if estimate > budget:
-                    result = {"skipped": f"skipped: est. {_fmt_bytes(estimate)} > {args.memory_budget_gb:g} GiB budget"}
+                    result = {"skipped": f"not run: est. {_fmt_bytes(estimate)} on the host > {args.memory_budget_gb:g} GiB"}
+                    if impl != "torch":  # XLA can still plan its per-device memory
+                        planned = _run_child({**spec, "compile_only": True}, args.timeout)
+                        result["xla_per_device_bytes"] = planned.get("xla_per_device_bytes")
                 else:
                     result = _run_child(spec, args.timeout)
                 row = {**spec, **result}
                 results.append(row)
-                shown = result.get("error") or result.get("skipped") or (
+                shown = result.get("error") or result.get("skipped", "") + (
+                    f" (XLA/device {_fmt_bytes(result.get('xla_per_device_bytes'))})" if "skipped" in result else "") or (
                     f"{result['seconds']:.4f} s, peak RSS +{_fmt_bytes(result['peak_rss_bytes'])}, "
                     f"XLA/device {_fmt_bytes(result['xla_per_device_bytes'])}, loss {result['value']:.4f}")
                 print(f"{loss:8s} batch {batch:6d} {impl:14s} {shown}", flush=True)
