@@ -248,6 +248,42 @@ def _markdown(results: list[dict], devices: int, machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plot(results: list[dict], path: Path) -> bool:
+    """Time and XLA per-device memory against the global batch, one column per loss."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib).")
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({r["loss"] for r in results}, key=list(LOSSES).index)
+    fig, axes = plt.subplots(2, len(names), figsize=(4.5 * len(names), 7), squeeze=False)
+    for col, loss in enumerate(names):
+        for impl, style in zip(IMPLS, ("o-", "s--", "^:")):
+            rows = [r for r in results if r["loss"] == loss and r["impl"] == impl]
+            timed = [(r["batch"], r["seconds"]) for r in rows if r.get("seconds")]
+            planned = [(r["batch"], r["xla_per_device_bytes"] / 2**20) for r in rows if r.get("xla_per_device_bytes")]
+            if timed:
+                axes[0, col].plot(*zip(*timed), style, label=impl)
+            if planned:
+                axes[1, col].plot(*zip(*planned), style, label=impl)
+        axes[0, col].set_title(f"{loss}: loss + gradient")
+        axes[0, col].set_ylabel("seconds (CPU)")
+        axes[1, col].set_ylabel("XLA memory per device (MiB)")
+        for ax in axes[:, col]:
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("global batch")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small batches, two losses, about a minute")
@@ -262,10 +298,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per configuration")
     parser.add_argument("--out", default=None,
                         help="folder for JSON + Markdown (default: benchmarks/results, or runs/benchmarks with --quick)")
+    parser.add_argument("--plot-only", metavar="JSON", help="redraw the plot from a results JSON and exit")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(json.loads(args.child))
+        return
+    if args.plot_only:
+        source = Path(args.plot_only)
+        if _plot(json.loads(source.read_text())["results"], source.with_suffix(".png")):
+            print(f"wrote {source.with_suffix('.png')}")
         return
 
     if args.quick:
@@ -310,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "args": vars(args), "results": results}, indent=1))
     (out / f"{stem}.md").write_text(table)
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
+    if not args.quick and _plot(results, out / f"{stem}.png"):
+        print(f"wrote {out / (stem + '.png')}")
 
 
 if __name__ == "__main__":
