@@ -1,0 +1,1 @@
+"""Input data: tfds builders, grain pipelines, image augmentations and the embedded default dataset."""

@@ -1,0 +1,640 @@
+"""Image augmentations for the SimCLR / BYOL family, split between host and device.
+
+The work is split where each part is cheapest (``benchmarks/augment.py`` measures the split):
+
+* **Host**, per sample, in the data-loader workers, on ``uint8 [H, W, 3]`` numpy images with a
+  ``np.random.Generator``: the random resized crop (which changes the image size, so it cannot
+  batch before it) and the horizontal flip. :func:`host_view` does both for one view;
+  :func:`center_crop_resize` is the evaluation crop.
+* **Device**, per batch, inside the jitted step, on ``float32 [B, H, W, 3]`` in [0, 1] with one
+  JAX key: colour jitter, grayscale, Gaussian blur and solarize (:func:`color_augment`). Each
+  sample gets its own key split from the batch key, every random choice is a ``jnp.where``
+  selection (no ``lax.cond``, no Python-side randomness), so it vmaps, jits and shards.
+
+What follows the SimCLR v2 reference code (``tf2/data_util.py``) and where it departs:
+
+* Crop: area fraction uniform in ``crop_scale``, aspect ratio log-uniform in ``crop_ratio``
+  (torchvision's sampler), up to ``crop_max_attempts`` (100, as SimCLR) tries; a try is kept only
+  if the integer box fits and its area fraction is inside ``crop_scale``. After that, torchvision's
+  fallback: the largest centred box whose aspect ratio is clamped into ``crop_ratio`` (for an image
+  whose own ratio is already inside the range, the whole image, as in SimCLR). Bicubic resize by
+  PIL (antialiased when shrinking, like torchvision; TF's bicubic is not antialiased).
+* Colour jitter: the four operations in a random order per image, clipped to [0, 1] after each;
+  brightness multiplicative with factor in ``[max(1 - b, 0), 1 + b]`` (SimCLR v2), contrast about
+  each channel's mean (``tf.image.adjust_contrast``), saturation and hue in HSV (TF's definitions,
+  via dm-pix). Factors below 0 are clamped to 0 (TF would raise).
+* Grayscale: ITU-R 601 luma (TF's weights), kept as 3 channels.
+* Blur: sigma uniform in ``blur_sigma`` per sample, kernel ``height // 10`` made odd (SimCLR's
+  rule) and, unlike SimCLR's zero ``SAME`` padding, reflect padding (as torchvision), so a constant
+  image stays constant and borders do not darken. SimCLR's batched blur draws one sigma per batch;
+  here each sample draws its own, as its single-image blur does.
+* Solarize (BYOL): pixels ``>= threshold`` become ``1 - x``.
+
+Shapes: ``H, W`` input size, ``S`` output size (``cfg.size``), ``B`` batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "AugmentConfig",
+    "simclr_jitter",
+    "simclr_imagenet",
+    "simclr_cifar",
+    "byol_views",
+    "byol_view1",
+    "byol_view2",
+    "crop_flip",
+    "eval_config",
+    "PRESETS",
+    "CropBox",
+    "as_rgb_uint8",
+    "sample_crop_box",
+    "random_resized_crop",
+    "random_flip",
+    "center_crop_box",
+    "center_crop_resize",
+    "host_view",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_saturation",
+    "adjust_hue",
+    "to_grayscale",
+    "gaussian_blur",
+    "blur_kernel_size",
+    "solarize",
+    "jitter_in_order",
+    "color_augment",
+]
+
+BRIGHTNESS_MODES = ("multiplicative", "additive")
+_SMALL_IMAGE = 32  # At or below this size, evaluation takes no centre crop (SimCLR on CIFAR).
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """One view's augmentation; defaults are SimCLR's ImageNet recipe at 224 px.
+
+    Host side (:func:`host_view`): crop, flip. Device side (:func:`color_augment`): jitter,
+    grayscale, blur, solarize, in that order. Hashable, so it can be a static jit argument.
+
+    Attributes:
+      size: side ``S`` of the square output view, in pixels.
+      random_crop: ``True``: random resized crop (training); ``False``: the centre crop of
+        :func:`center_crop_resize` (evaluation).
+      crop_scale: ``(min, max)`` fraction of the image area the random crop covers.
+      crop_ratio: ``(min, max)`` aspect ratio (width / height) of the random crop, sampled
+        log-uniformly.
+      crop_max_attempts: tries at a crop that fits before the centred fallback box.
+      center_crop_fraction: side of the evaluation centre crop as a fraction of the shorter
+        image side (0.875 on ImageNet; 1.0, i.e. no crop, on 32 px images).
+      flip_p: probability of a horizontal flip.
+      jitter_p: probability of applying the colour jitter (all four operations, random order).
+      brightness: brightness strength ``b``: factor in ``[max(1 - b, 0), 1 + b]``
+        (multiplicative) or offset in ``[-b, b]`` (additive); 0 turns it off.
+      contrast: contrast strength ``c``: factor in ``[max(1 - c, 0), 1 + c]``; 0 turns it off.
+      saturation: saturation strength ``s``: factor in ``[max(1 - s, 0), 1 + s]``; 0 turns it off.
+      hue: hue strength ``h`` in [0, 0.5]: shift in ``[-h, h]`` of the full hue circle; 0 turns it
+        off. SimCLR sets ``(b, c, s, h) = (0.8, 0.8, 0.8, 0.2) x strength`` (:func:`simclr_jitter`).
+      brightness_mode: ``"multiplicative"`` (SimCLR v2: ``x * factor``) or ``"additive"``
+        (SimCLR v1, BYOL: ``x + offset``).
+      grayscale_p: probability of converting to grayscale (kept as 3 equal channels).
+      blur_p: probability of a Gaussian blur (0.5 ImageNet SimCLR; 0 on CIFAR).
+      blur_sigma: ``(min, max)`` of the uniformly drawn blur standard deviation, in pixels.
+      blur_kernel_fraction: blur kernel side as a fraction of the image height, rounded down
+        and then made odd (0.1: 23 px at 224, 3 px at 32; below 20 px the kernel is 1 px, no blur).
+      solarize_p: probability of solarizing (BYOL's second view: 0.2).
+      solarize_threshold: solarize inverts pixels ``>= threshold``.
+    """
+
+    size: int = 224
+    random_crop: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_max_attempts: int = 100
+    center_crop_fraction: float = 0.875
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.8
+    contrast: float = 0.8
+    saturation: float = 0.8
+    hue: float = 0.2
+    brightness_mode: str = "multiplicative"
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_fraction: float = 0.1
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):  # lists (from a ConfigDict) -> tuples
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        _check(isinstance(self.size, (int, np.integer)) and self.size >= 1,
+               f"size must be an int >= 1, got {self.size!r}")
+        lo, hi = _pair("crop_scale", self.crop_scale)
+        _check(0 < lo <= hi <= 1, f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        lo, hi = _pair("crop_ratio", self.crop_ratio)
+        _check(0 < lo <= hi, f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
+        _check(self.crop_max_attempts >= 1, f"crop_max_attempts must be >= 1, got {self.crop_max_attempts}")
+        _check(0 < self.center_crop_fraction <= 1,
+               f"center_crop_fraction must be in (0, 1], got {self.center_crop_fraction}")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            p = getattr(self, name)
+            _check(0 <= p <= 1, f"{name} is a probability, must be in [0, 1], got {p}")
+        for name in ("brightness", "contrast", "saturation"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _check(0 <= self.hue <= 0.5, f"hue must be in [0, 0.5] (a fraction of the hue circle), got {self.hue}")
+        _check(
+            self.brightness_mode in BRIGHTNESS_MODES,
+            f"brightness_mode must be one of {BRIGHTNESS_MODES}, got {self.brightness_mode!r}",
+        )
+        lo, hi = _pair("blur_sigma", self.blur_sigma)
+        _check(0 < lo <= hi, f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+        _check(0 <= self.blur_kernel_fraction <= 1,
+               f"blur_kernel_fraction must be in [0, 1], got {self.blur_kernel_fraction}")
+
+    @property
+    def jitter_enabled(self) -> tuple[bool, bool, bool, bool]:
+        """Which of (brightness, contrast, saturation, hue) the jitter applies (strength > 0)."""
+        return (self.brightness > 0, self.contrast > 0, self.saturation > 0, self.hue > 0)
+
+    @property
+    def has_device_ops(self) -> bool:
+        """Whether :func:`color_augment` changes anything (``False``: it only converts dtype)."""
+        jitter = self.jitter_p > 0 and any(self.jitter_enabled)
+        return jitter or self.grayscale_p > 0 or self.blur_p > 0 or self.solarize_p > 0
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(f"AugmentConfig: {message}")
+
+
+def _pair(name: str, value: Sequence[float]) -> tuple[float, float]:
+    _check(len(value) == 2, f"{name} must be a (min, max) pair, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def simclr_jitter(strength: float) -> dict[str, float]:
+    """SimCLR's jitter strengths for a colour strength ``s``: ``(0.8s, 0.8s, 0.8s, 0.2s)``.
+
+    ``s = 1.0`` on ImageNet, ``0.5`` on CIFAR (the familiar ``(0.4, 0.4, 0.4, 0.1)`` jitter).
+    """
+    return {
+        "brightness": 0.8 * strength,
+        "contrast": 0.8 * strength,
+        "saturation": 0.8 * strength,
+        "hue": 0.2 * strength,
+    }
+
+
+def _eval_fraction(size: int) -> float:
+    return 1.0 if size <= _SMALL_IMAGE else 0.875
+
+
+def simclr_imagenet(size: int = 224) -> AugmentConfig:
+    """SimCLR (v2) ImageNet views: crop, flip, jitter s=1.0 p=0.8, grayscale 0.2, blur 0.5."""
+    return AugmentConfig(size=size, jitter_p=0.8, **simclr_jitter(1.0), grayscale_p=0.2, blur_p=0.5,
+                         center_crop_fraction=_eval_fraction(size))
+
+
+def simclr_cifar(size: int = 32) -> AugmentConfig:
+    """SimCLR CIFAR views: as ImageNet but jitter strength 0.5 and no blur."""
+    return AugmentConfig(size=size, jitter_p=0.8, **simclr_jitter(0.5), grayscale_p=0.2, blur_p=0.0,
+                         center_crop_fraction=_eval_fraction(size))
+
+
+def _byol(size: int, blur_p: float, solarize_p: float) -> AugmentConfig:
+    return AugmentConfig(
+        size=size, jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
+        brightness_mode="additive", grayscale_p=0.2, blur_p=blur_p, solarize_p=solarize_p,
+        center_crop_fraction=_eval_fraction(size),
+    )
+
+
+def byol_view1(size: int = 224) -> AugmentConfig:
+    """BYOL's first view: jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2, blur 1.0, no solarize."""
+    return _byol(size, blur_p=1.0, solarize_p=0.0)
+
+
+def byol_view2(size: int = 224) -> AugmentConfig:
+    """BYOL's second view: as the first but blur 0.1 and solarize 0.2."""
+    return _byol(size, blur_p=0.1, solarize_p=0.2)
+
+
+def byol_views(size: int = 224) -> tuple[AugmentConfig, AugmentConfig]:
+    """BYOL's asymmetric pair ``(view1, view2)``; brightness is additive, as in BYOL's code."""
+    return byol_view1(size), byol_view2(size)
+
+
+def crop_flip(size: int = 224) -> AugmentConfig:
+    """Random resized crop and flip only, no colour operations (linear-probe training)."""
+    return AugmentConfig(size=size, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0,
+                         center_crop_fraction=_eval_fraction(size))
+
+
+def eval_config(size: int = 224) -> AugmentConfig:
+    """Evaluation: centre crop 0.875 of the shorter side then resize (no crop at <= 32 px), no
+    flip, no colour operations."""
+    return AugmentConfig(size=size, random_crop=False, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0,
+                         solarize_p=0.0, center_crop_fraction=_eval_fraction(size))
+
+
+PRESETS: dict[str, Callable[[int], AugmentConfig]] = {
+    "simclr_imagenet": simclr_imagenet,
+    "simclr_cifar": simclr_cifar,
+    "byol_view1": byol_view1,
+    "byol_view2": byol_view2,
+    "crop_flip": crop_flip,
+    "eval": eval_config,
+}
+"""Preset name -> ``fn(size) -> AugmentConfig``; the names configs use (``views.*.augment``)."""
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+class CropBox(NamedTuple):
+    """A crop in pixels: rows ``[top, top + height)``, columns ``[left, left + width)``."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """``uint8 [H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` -> ``uint8 [H, W, 3]``.
+
+    Grayscale is repeated to three channels; RGBA drops its alpha channel (no compositing).
+
+    Raises:
+      ValueError: not a numpy array, not uint8, another rank or channel count, or an empty image.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy uint8 array [H, W, 3], got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 [H, W, 3], got dtype {image.dtype} with shape {image.shape}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image must be [H, W, 3] (or [H, W], [H, W, 1], [H, W, 4]), got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    return image[..., :3]
+
+
+def sample_crop_box(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    max_attempts: int = 100,
+) -> CropBox:
+    """The box of a random resized crop of an ``height x width`` image.
+
+    Each attempt draws an area fraction uniformly in ``scale`` and an aspect ratio (width /
+    height) log-uniformly in ``ratio`` (torchvision's ``RandomResizedCrop.get_params``), rounds
+    the box to whole pixels, and keeps it if it fits and its area fraction is still in ``scale``;
+    then a uniform position. After ``max_attempts`` misses: the largest centred box with the
+    image's aspect ratio clamped into ``ratio`` (the whole image when its ratio is in range).
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(max_attempts):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height and scale[0] <= h * w / area <= scale[1]:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return CropBox(top, left, h, w)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, min(height, max(1, int(round(width / ratio[0]))))
+    elif in_ratio > ratio[1]:
+        h, w = height, min(width, max(1, int(round(height * ratio[1]))))
+    else:
+        h, w = height, width
+    return CropBox((height - h) // 2, (width - w) // 2, h, w)
+
+
+def _crop_resize(image: np.ndarray, box: CropBox, size: int) -> np.ndarray:
+    """Crop ``box`` out of ``uint8 [H, W, 3]`` and resize it to ``[size, size, 3]`` (bicubic)."""
+    if box.height == size and box.width == size:  # nothing to resample; a copy, never the caller's array
+        return np.array(image[box.top : box.top + size, box.left : box.left + size], order="C", copy=True)
+    # Crop, then resize the crop alone, as torchvision does: PIL's ``resize(box=...)`` would let
+    # the filter read pixels outside the box.
+    crop = image[box.top : box.top + box.height, box.left : box.left + box.width]
+    resized = Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(resized)
+
+
+def random_resized_crop(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    max_attempts: int = 100,
+) -> np.ndarray:
+    """Random resized crop: ``uint8 [H, W, 3]`` -> ``uint8 [size, size, 3]``.
+
+    The box comes from :func:`sample_crop_box`; the crop is resized bicubically by PIL.
+    Deterministic given the state of ``rng``.
+    """
+    image = as_rgb_uint8(image)
+    box = sample_crop_box(image.shape[0], image.shape[1], rng, scale, ratio, max_attempts)
+    return _crop_resize(image, box, size)
+
+
+def random_flip(image: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+    """Horizontal flip with probability ``p``: ``[H, W, C]`` -> ``[H, W, C]`` (one draw from rng)."""
+    if rng.random() < p:
+        return np.ascontiguousarray(image[:, ::-1])
+    return image
+
+
+def center_crop_box(height: int, width: int, fraction: float) -> CropBox:
+    """The centred square box with side ``round(fraction * min(height, width))``.
+
+    SimCLR's ``center_crop`` for a square output (``_compute_crop_shape``), with its offsets
+    ``(H - h + 1) // 2``.
+    """
+    side = max(1, int(np.rint(fraction * min(height, width))))
+    return CropBox((height - side + 1) // 2, (width - side + 1) // 2, side, side)
+
+
+def center_crop_resize(image: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
+    """Evaluation view: ``uint8 [H, W, 3]`` -> ``uint8 [S, S, 3]``.
+
+    The centred square of side ``cfg.center_crop_fraction x min(H, W)``, resized bicubically to
+    ``cfg.size``; an ``S x S`` image with fraction 1.0 is returned unchanged.
+    """
+    image = as_rgb_uint8(image)
+    box = center_crop_box(image.shape[0], image.shape[1], cfg.center_crop_fraction)
+    return _crop_resize(image, box, cfg.size)
+
+
+def host_view(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """The host half of one view: crop then flip, ``uint8 [H, W, 3]`` -> ``uint8 [S, S, 3]``.
+
+    With ``cfg.random_crop`` the random resized crop, otherwise :func:`center_crop_resize`; then a
+    flip with ``cfg.flip_p``. Grayscale / RGBA inputs are converted (:func:`as_rgb_uint8`).
+    Deterministic given the state of ``rng``.
+    """
+    if cfg.random_crop:
+        view = random_resized_crop(image, rng, cfg.size, cfg.crop_scale, cfg.crop_ratio, cfg.crop_max_attempts)
+    else:
+        view = center_crop_resize(image, cfg)
+    return random_flip(view, rng, cfg.flip_p)
+
+
+# ----------------------------------------------------------------------------- device side: ops
+# Each op takes ``float [..., H, W, 3]`` images in [0, 1] and a scalar parameter, and returns
+# the same shape unclipped (as TF and dm-pix do); the jitter clips after each op.
+
+
+def adjust_brightness(
+    images: jax.Array, factor: jax.typing.ArrayLike, *, mode: str = "multiplicative"
+) -> jax.Array:
+    """``images * factor`` (``mode="multiplicative"``, SimCLR v2) or ``images + factor``
+    (``"additive"``, SimCLR v1 / BYOL). ``images: [..., H, W, 3]``."""
+    if mode == "multiplicative":
+        return images * jnp.asarray(factor, images.dtype)
+    if mode == "additive":
+        return pix.adjust_brightness(images, factor)
+    raise ValueError(f"adjust_brightness: mode must be one of {BRIGHTNESS_MODES}, got {mode!r}")
+
+
+def adjust_contrast(images: jax.Array, factor: jax.typing.ArrayLike) -> jax.Array:
+    """``(x - mean) * factor + mean`` with each channel's spatial mean (``tf.image.adjust_contrast``).
+
+    ``images: [..., H, W, 3]``.
+    """
+    return pix.adjust_contrast(images, factor)
+
+
+def _adjust_hsv(
+    images: jax.Array, hue_delta: jax.typing.ArrayLike, saturation_factor: jax.typing.ArrayLike
+) -> jax.Array:
+    """One HSV round trip: hue shifted by ``hue_delta`` (mod 1), saturation scaled and clipped to [0, 1]."""
+    hue, sat, value = jnp.moveaxis(pix.rgb_to_hsv(images), -1, 0)
+    sat = jnp.clip(sat * jnp.asarray(saturation_factor, images.dtype), 0.0, 1.0)
+    return pix.hsv_to_rgb(jnp.stack([(hue + jnp.asarray(hue_delta, images.dtype)) % 1.0, sat, value], axis=-1))
+
+
+def adjust_saturation(images: jax.Array, factor: jax.typing.ArrayLike) -> jax.Array:
+    """HSV saturation times ``factor``, clipped to [0, 1] (``tf.image.adjust_saturation``).
+
+    ``images: [..., H, W, 3]``.
+    """
+    return _adjust_hsv(images, 0.0, factor)
+
+
+def adjust_hue(images: jax.Array, delta: jax.typing.ArrayLike) -> jax.Array:
+    """HSV hue plus ``delta`` (a fraction of the circle, mod 1) (``tf.image.adjust_hue``).
+
+    ``images: [..., H, W, 3]``.
+    """
+    return _adjust_hsv(images, delta, 1.0)
+
+
+def to_grayscale(images: jax.Array) -> jax.Array:
+    """ITU-R 601 luma ``0.2989 R + 0.5870 G + 0.1140 B`` in all three channels. ``[..., H, W, 3]``."""
+    return pix.rgb_to_grayscale(images, keep_dims=True)
+
+
+def solarize(images: jax.Array, threshold: jax.typing.ArrayLike = 0.5) -> jax.Array:
+    """``1 - x`` where ``x >= threshold``, else ``x``. ``images: [..., H, W, 3]``."""
+    return pix.solarize(images, threshold)
+
+
+def blur_kernel_size(height: int, fraction: float = 0.1) -> int:
+    """SimCLR's blur kernel side: ``floor(fraction * height)`` made odd (radius = half of it).
+
+    224 -> 23, 96 -> 9, 64 -> 7, 32 -> 3, below 20 -> 1 (no blur).
+    """
+    kernel = int(fraction * height + 1e-6)
+    return 2 * (kernel // 2) + 1
+
+
+def gaussian_blur(image: jax.Array, sigma: jax.typing.ArrayLike, kernel_size: int) -> jax.Array:
+    """Separable Gaussian blur with reflect padding: ``[..., H, W, C]`` -> ``[..., H, W, C]``.
+
+    Args:
+      image: float images; any leading dimensions share the one ``sigma``.
+      sigma: scalar standard deviation in pixels; may be traced (vmap over it for per-sample
+        sigmas).
+      kernel_size: static, odd, smaller than ``2 * min(H, W)``.
+
+    The taps are ``exp(-t^2 / (2 sigma^2))`` for ``t`` in ``[-r, r]``, normalised to sum to 1, as
+    SimCLR and ``dm_pix.gaussian_blur``; the two passes are shifted weighted sums, which XLA
+    fuses (a vmapped ``dm_pix.gaussian_blur`` with per-sample sigma becomes a grouped convolution
+    with one kernel per sample, about 20x slower on CPU).
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"gaussian_blur: kernel_size must be odd and >= 1, got {kernel_size}")
+    if image.ndim < 3:
+        raise ValueError(f"gaussian_blur: image must be [..., H, W, C], got shape {image.shape}")
+    radius = kernel_size // 2
+    height, width = image.shape[-3], image.shape[-2]
+    if radius == 0:
+        return image
+    if radius >= min(height, width):
+        raise ValueError(
+            f"gaussian_blur: kernel_size {kernel_size} too large for an image of shape {image.shape}"
+        )
+    taps = jnp.arange(-radius, radius + 1, dtype=image.dtype)
+    sigma = jnp.asarray(sigma, image.dtype)
+    weights = jnp.exp(-(taps**2) / (2.0 * sigma**2))
+    weights = weights / jnp.sum(weights)
+    pad = [(0, 0)] * (image.ndim - 3) + [(radius, radius), (radius, radius), (0, 0)]
+    padded = jnp.pad(image, pad, mode="reflect")
+    rows = sum(weights[i] * padded[..., i : i + height, :, :] for i in range(kernel_size))
+    return sum(weights[i] * rows[..., :, i : i + width, :] for i in range(kernel_size))
+
+
+# ----------------------------------------------------------------------------- device side: policy
+
+
+def jitter_in_order(
+    image: jax.Array,
+    order: jax.Array,
+    factors: jax.Array,
+    *,
+    brightness_mode: str = "multiplicative",
+    enabled: tuple[bool, bool, bool, bool] = (True, True, True, True),
+) -> jax.Array:
+    """The colour jitter with given parameters: four ops in ``order``, clipped after each.
+
+    Args:
+      image: ``float [H, W, 3]`` in [0, 1] (vmap for a batch).
+      order: ``int [4]``, a permutation of ``0..3`` naming the ops brightness, contrast,
+        saturation, hue in the order applied; may be traced.
+      factors: ``float [4]``: brightness factor (or offset when additive), contrast factor,
+        saturation factor, hue delta.
+      brightness_mode: see :func:`adjust_brightness`.
+      enabled: static; a disabled op is the identity (SimCLR skips an op of strength 0).
+
+    Returns:
+      ``float [H, W, 3]`` in [0, 1].
+
+    Every slot computes brightness, contrast and one shared HSV round trip (saturation or hue,
+    whichever the slot holds) and selects with ``jnp.where``, so traced orders vmap.
+    """
+    order = jnp.asarray(order)
+    factors = jnp.asarray(factors, image.dtype)
+    x = image
+    for slot in range(4):
+        op = order[slot]
+        bright = adjust_brightness(x, factors[0], mode=brightness_mode) if enabled[0] else x
+        contrast = adjust_contrast(x, factors[1]) if enabled[1] else x
+        if enabled[2] or enabled[3]:
+            sat_factor = jnp.where(op == 2, factors[2], 1.0) if enabled[2] else 1.0
+            hue_delta = jnp.where(op == 3, factors[3], 0.0) if enabled[3] else 0.0
+            hsv = _adjust_hsv(x, hue_delta, sat_factor)
+        sat = hsv if enabled[2] else x
+        hue = hsv if enabled[3] else x
+        x = jnp.select([op == 0, op == 1, op == 2], [bright, contrast, sat], hue)
+        x = jnp.clip(x, 0.0, 1.0)
+    return x
+
+
+# Indices into the per-sample vector of uniform draws; every draw is made whatever the config,
+# so turning one op off does not change the randomness of the others.
+_U_JITTER, _U_BRIGHT, _U_CONTRAST, _U_SAT, _U_HUE, _U_GRAY, _U_BLUR, _U_SIGMA, _U_SOLARIZE = range(9)
+_NUM_DRAWS = 9
+
+
+def _uniform(u: jax.Array, lo: float, hi: float) -> jax.Array:
+    return lo + (hi - lo) * u
+
+
+def _augment_one(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
+    """``float32 [H, W, 3]`` -> ``float32 [H, W, 3]``: jitter, grayscale, blur, solarize."""
+    key_u, key_order = jax.random.split(key)
+    u = jax.random.uniform(key_u, (_NUM_DRAWS,), jnp.float32)
+    x = image
+    enabled = cfg.jitter_enabled
+    if cfg.jitter_p > 0 and any(enabled):
+        if cfg.brightness_mode == "multiplicative":
+            bright = _uniform(u[_U_BRIGHT], max(1.0 - cfg.brightness, 0.0), 1.0 + cfg.brightness)
+        else:
+            bright = _uniform(u[_U_BRIGHT], -cfg.brightness, cfg.brightness)
+        factors = jnp.stack([
+            bright,
+            _uniform(u[_U_CONTRAST], max(1.0 - cfg.contrast, 0.0), 1.0 + cfg.contrast),
+            _uniform(u[_U_SAT], max(1.0 - cfg.saturation, 0.0), 1.0 + cfg.saturation),
+            _uniform(u[_U_HUE], -cfg.hue, cfg.hue),
+        ])
+        order = jax.random.permutation(key_order, 4)
+        jittered = jitter_in_order(x, order, factors, brightness_mode=cfg.brightness_mode, enabled=enabled)
+        x = jnp.where(u[_U_JITTER] < cfg.jitter_p, jittered, x)
+    if cfg.grayscale_p > 0:
+        x = jnp.where(u[_U_GRAY] < cfg.grayscale_p, to_grayscale(x), x)
+    kernel = blur_kernel_size(image.shape[0], cfg.blur_kernel_fraction)
+    if cfg.blur_p > 0 and kernel > 1:
+        sigma = _uniform(u[_U_SIGMA], *cfg.blur_sigma)
+        blurred = jnp.clip(gaussian_blur(x, sigma, kernel), 0.0, 1.0)
+        x = jnp.where(u[_U_BLUR] < cfg.blur_p, blurred, x)
+    if cfg.solarize_p > 0:
+        x = jnp.where(u[_U_SOLARIZE] < cfg.solarize_p, solarize(x, cfg.solarize_threshold), x)
+    return x
+
+
+def color_augment(images: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
+    """The device half of a view: ``[B, H, W, 3]`` in [0, 1] -> ``float32 [B, H, W, 3]`` in [0, 1].
+
+    Per sample, each with its own key split from ``key``: colour jitter with ``cfg.jitter_p``
+    (the four ops in a random order, clipped after each, see :func:`jitter_in_order`), grayscale
+    with ``cfg.grayscale_p``, Gaussian blur with ``cfg.blur_p`` (sigma drawn per sample), solarize
+    with ``cfg.solarize_p``. Ops whose probability (or strength) is 0 are not traced at all, so
+    they leave the image bit-for-bit unchanged. Jit-able with ``cfg`` static (closed over);
+    deterministic given ``key``. The blur kernel follows the image height ``H``.
+
+    Args:
+      images: ``float [B, H, W, 3]`` in [0, 1] (computed in float32), or ``uint8`` (divided by 255).
+      key: a JAX PRNG key (typed or raw).
+      cfg: the view's :class:`AugmentConfig` (only the device fields are read).
+
+    Raises:
+      ValueError: ``images`` is not ``[B, H, W, 3]`` or not float / uint8 (at trace time).
+    """
+    shape = jnp.shape(images)
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"color_augment: images must be [batch, height, width, 3], got shape {shape}")
+    dtype = jnp.result_type(images)
+    if dtype == jnp.uint8:
+        images = jnp.asarray(images, jnp.float32) / 255.0
+    elif jnp.issubdtype(dtype, jnp.floating):
+        images = jnp.asarray(images, jnp.float32)
+    else:
+        raise ValueError(f"color_augment: images must be float in [0, 1] or uint8, got dtype {dtype}")
+    if shape[0] == 0:
+        return images
+    keys = jax.random.split(key, shape[0])
+    return jax.vmap(lambda image, k: _augment_one(image, k, cfg))(images, keys)

@@ -1,0 +1,268 @@
+"""Grain input pipelines: records -> views -> per-process batches.
+
+A record is a dict as the tfds builders store it (``mmssl_jax.data.builders``):
+``image`` (encoded bytes, or an already decoded ``uint8 [H, W, 3]``), ``caption_embeddings``
+(``float16 [num_captions, dim]``), and scalar fields such as ``label`` or ``image_id``. Any object
+with ``__len__`` and ``__getitem__`` returning such records is a source: ``tfds.data_sources``
+with ``decoders={"image": tfds.decode.SkipDecoding()}`` (so our workers decode), or a plain list.
+
+Work is split where it is cheapest:
+
+* host, per sample, in grain workers: decode, random resized crop, flip (:func:`host_view`),
+  and caption augmentation (one of an image's captions drawn per step);
+* device, per batch, inside the jitted step: the colour operations
+  (:func:`device_augment`, dm-pix, vmapped with per-sample keys).
+
+Everything is deterministic given the seed: each process shuffles its own slice of the
+records with a new permutation every epoch, and each record's random crops and caption draws
+come from a generator seeded by (seed, epoch, index). The iterator's ``get_state()`` /
+``set_state()`` resume the stream exactly, which the trainer stores in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from mmssl_jax.data import augment
+
+CAPTION_MODES = ("random", "first", "pair")
+"""How the text views are drawn from an image's captions: ``random`` draws one uniformly each
+time the image is seen (caption augmentation), ``first`` always takes caption 0 (the ablation),
+``pair`` draws two distinct captions (for a text-text pair)."""
+
+_log = logging.getLogger(__name__)
+
+
+class BadRecordError(ValueError):
+    """A record that cannot be turned into a sample (corrupt image, no captions...)."""
+
+
+class _SkipCounter:
+    """Counts records skipped by this process and warns with the running count."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def skip(self, index_hint: Any, reason: str) -> None:
+        self.count += 1
+        _log.warning("Skipping record %s (%s); %d skipped so far in this process.", index_hint, reason, self.count)
+
+
+SKIPPED = _SkipCounter()
+
+
+def decode_image(value: Any) -> np.ndarray:
+    """Encoded bytes or an array -> ``uint8 [H, W, 3]``.
+
+    Raises:
+      BadRecordError: the bytes are not a readable image, or the array has the wrong shape.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview, np.bytes_)):
+        try:
+            with Image.open(io.BytesIO(bytes(value))) as img:
+                return np.asarray(img.convert("RGB"))
+        except Exception as e:  # PIL raises many kinds for corrupt data
+            raise BadRecordError(f"undecodable image ({type(e).__name__}: {e})") from e
+    array = np.asarray(value)
+    if array.dtype == object and array.shape == ():  # a bytes scalar in an object array
+        return decode_image(array.item())
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise BadRecordError(f"image must be [H, W, 1|3|4], got shape {array.shape}")
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return np.ascontiguousarray(array[..., :3].astype(np.uint8))
+
+
+def pick_captions(num_captions: int, mode: str, count: int, rng: np.random.Generator) -> list[int]:
+    """Indices of the captions that make the text views of one sample.
+
+    ``count`` text views (1 or 2). ``random`` draws independently and uniformly (with two views,
+    distinct captions when the image has several); ``first`` takes caption 0 for every view;
+    ``pair`` is ``random`` with two views.
+    """
+    if num_captions < 1:
+        raise BadRecordError("record has no captions")
+    if mode == "first":
+        return [0] * count
+    if count == 1:
+        return [int(rng.integers(num_captions))]
+    if num_captions >= count:
+        return [int(i) for i in rng.choice(num_captions, size=count, replace=False)]
+    return [int(i) for i in rng.integers(num_captions, size=count)]
+
+
+class MakeViews(grain.transforms.RandomMap):
+    """One record -> a sample dict of views: host-side image crops and drawn caption embeddings.
+
+    Output: each image view ``uint8 [size, size, 3]``; each text view ``float32 [dim]``; the
+    ``keep`` fields copied through. A record that cannot be used is skipped (``None``, counted
+    with a warning), never a crash mid-epoch.
+    """
+
+    def __init__(
+        self,
+        image_views: Mapping[str, augment.AugmentConfig],
+        text_views: Sequence[str] = (),
+        caption_mode: str = "random",
+        keep: Sequence[str] = (),
+    ):
+        if caption_mode not in CAPTION_MODES:
+            raise ValueError(f"caption_mode must be one of {CAPTION_MODES}, got {caption_mode!r}")
+        if caption_mode == "pair" and len(text_views) != 2:
+            raise ValueError(f"caption_mode 'pair' needs two text views, got {list(text_views)}")
+        if len(text_views) > 2:
+            raise ValueError(f"at most two text views, got {list(text_views)}")
+        self.image_views = dict(image_views)
+        self.text_views = tuple(text_views)
+        self.caption_mode = caption_mode
+        self.keep = tuple(keep)
+
+    def random_map(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+        try:
+            return self._views(record, rng)
+        except BadRecordError as e:
+            SKIPPED.skip(record.get("image_id", "?") if isinstance(record, Mapping) else "?", str(e))
+            return None
+
+    def _views(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        sample: dict[str, Any] = {}
+        if self.image_views:
+            image = decode_image(record["image"])
+            for name, cfg in self.image_views.items():
+                sample[name] = augment.host_view(image, rng, cfg)
+        if self.text_views:
+            embeddings = np.asarray(record["caption_embeddings"])
+            if embeddings.ndim != 2:
+                raise BadRecordError(f"caption_embeddings must be [num_captions, dim], got {embeddings.shape}")
+            picks = pick_captions(embeddings.shape[0], self.caption_mode, len(self.text_views), rng)
+            for name, index in zip(self.text_views, picks):
+                sample[name] = embeddings[index].astype(np.float32)
+        for key in self.keep:
+            if key not in record:
+                raise KeyError(f"record has no field {key!r} to keep; it has {sorted(record)}")
+            sample[key] = np.asarray(record[key])
+        return sample
+
+
+def train_dataset(
+    source: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int,
+    seed: int,
+    image_views: Mapping[str, augment.AugmentConfig],
+    text_views: Sequence[str] = (),
+    caption_mode: str = "random",
+    keep: Sequence[str] = (),
+    num_epochs: int | None = None,
+    worker_count: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """The training stream: shuffled each epoch, augmented, batched to the per-process batch.
+
+    Args:
+      source: random-access records (see the module docstring).
+      batch_size: examples per batch on this process (global batch / process count).
+      seed: the one seed for shuffling, crops and caption draws.
+      image_views: view name -> host-side augmentation (e.g. ``{"image1": cfg, "image2": cfg}``).
+      text_views: names of the caption-embedding views (``("text",)`` or ``("text", "text2")``).
+      caption_mode: one of :data:`CAPTION_MODES`.
+      keep: record fields copied into every sample (``"label"``...).
+      num_epochs: ``None`` repeats forever.
+      worker_count: grain worker processes for decoding and cropping (0: in this process).
+      process_index, process_count: this process's slice of the records; default from JAX.
+
+    Returns:
+      A ``grain.IterDataset``; ``iter()`` it for a checkpointable iterator of batches
+      (dicts of arrays with a leading ``batch_size`` dimension). The last partial batch of a
+      finite stream is dropped so every step has the same shape.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if len(source) < process_count * batch_size:
+        raise ValueError(
+            f"the source has {len(source)} records, fewer than one batch of {batch_size} for each "
+            f"of {process_count} processes"
+        )
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    ds = ds.seed(seed + process_index).shuffle().repeat(num_epochs)
+    ds = ds.random_map(MakeViews(image_views, text_views, caption_mode, keep))
+    it = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+    if worker_count > 0:
+        # grain's workers read absl flags; outside an absl app (Colab, pytest) nobody parsed them.
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return it
+
+
+class _EvalView(grain.transforms.Map):
+    def __init__(self, cfg: augment.AugmentConfig, keep: Sequence[str]):
+        self.cfg, self.keep = cfg, tuple(keep)
+
+    def map(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            image = augment.center_crop_resize(decode_image(record["image"]), self.cfg)
+            valid = True
+        except BadRecordError as e:
+            SKIPPED.skip(record.get("image_id", "?"), str(e))
+            image, valid = np.zeros((self.cfg.size, self.cfg.size, 3), np.uint8), False
+        sample = {"image": image, "mask": np.asarray(valid)}
+        sample.update({k: np.asarray(record[k]) for k in self.keep})
+        return sample
+
+
+def eval_dataset(
+    source: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int,
+    cfg: augment.AugmentConfig,
+    keep: Sequence[str] = ("label",),
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """One pass in order, centre crop, every batch full: the last is padded with ``mask=False``.
+
+    A record whose image cannot be decoded stays in place with ``mask=False`` so features line
+    up with labels. Batches hold ``image uint8 [B, size, size, 3]``, ``mask bool [B]`` and the
+    ``keep`` fields.
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    ds = grain.MapDataset.source(source)[process_index::process_count].map(_EvalView(cfg, keep))
+    padding = (-len(ds)) % batch_size
+    if padding:
+        first = ds[0]
+        blank = {k: np.zeros_like(v) for k, v in first.items()}  # mask=False
+        ds = grain.MapDataset.concatenate([ds, grain.MapDataset.source([blank] * padding)])
+    return ds.batch(batch_size).to_iter_dataset()
+
+
+def device_augment(
+    batch: Mapping[str, jax.Array], key: jax.Array, image_views: Mapping[str, augment.AugmentConfig]
+) -> dict[str, jax.Array]:
+    """The device half of the augmentation, inside the jitted step.
+
+    Each image view ``uint8 [B, H, W, 3]`` becomes ``float32`` in [0, 1] with its colour
+    operations applied (a separate key per view); other fields pass through.
+    """
+    out = dict(batch)
+    for i, (name, cfg) in enumerate(sorted(image_views.items())):
+        images = jnp.asarray(batch[name], jnp.float32) / 255.0
+        out[name] = augment.color_augment(images, jax.random.fold_in(key, i), cfg)
+    return out
