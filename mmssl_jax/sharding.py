@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 """Name of the data-parallel mesh axis used throughout the library."""
@@ -35,12 +35,16 @@ def make_mesh(
     devices of all hosts, so the mesh spans the whole pod and each process owns the slice of the
     batch that lives on its local devices.
     """
+    # Auto axes: XLA propagates shardings through the program (GSPMD), so library code such as
+    # vmapped augmentations mixes sharded and replicated operands freely. (jax.make_mesh
+    # defaults to Explicit axes, where shardings are part of the types.)
+    auto = (AxisType.Auto,)
     if devices is None:
-        return jax.make_mesh((jax.device_count(),), (axis_name,))
+        return jax.make_mesh((jax.device_count(),), (axis_name,), axis_types=auto)
     devices = list(devices)
     if not devices:
         raise ValueError("make_mesh: `devices` is empty.")
-    return Mesh(np.asarray(devices), (axis_name,))
+    return Mesh(np.asarray(devices), (axis_name,), axis_types=auto)
 
 
 def batch_sharding(mesh: Mesh, axis_name: str = DATA_AXIS) -> NamedSharding:

@@ -1,0 +1,61 @@
+"""The multi-view model: every view through its modality's encoder and head.
+
+A method is data (see the design notes): views name their modality, views of one modality share
+one encoder and one head, and the loss terms pair the resulting embeddings. Views of one
+modality are concatenated into a single forward pass, so BatchNorm sees all of them at once, as
+SimCLR's reference implementation does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MultiViewModel(nn.Module):
+    """Views -> representations ``h`` and embeddings ``z``.
+
+    Attributes:
+      view_modality: ``(view, modality)`` pairs, e.g. ``(("image1", "image"), ("text", "text"))``.
+      encoders: modality -> encoder module (``x -> h``); a modality without one (precomputed
+        sentence embeddings) passes its input through as ``h``.
+      heads: modality -> head module (``h -> z``); a modality without one uses ``z = h``.
+      scalars: learnable scalars and their initial values, e.g. ``(("logit_scale", 2.66),)``.
+    """
+
+    view_modality: Sequence[tuple[str, str]]
+    encoders: Mapping[str, nn.Module]
+    heads: Mapping[str, nn.Module]
+    scalars: Sequence[tuple[str, float]] = ()
+
+    @nn.compact
+    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> dict[str, Any]:
+        """``batch[view]: [B, ...]`` -> ``{"z": {view: [B, dim]}, "h": {view: [B, d_h]}, "scalars": {...}}``."""
+        z, h = {}, {}
+        modalities = sorted({m for _, m in self.view_modality})
+        for modality in modalities:
+            names = [v for v, m in self.view_modality if m == modality]
+            missing = [v for v in names if v not in batch]
+            if missing:
+                raise KeyError(f"the batch has no view {missing}; it has {sorted(batch)}")
+            x = jnp.concatenate([batch[v] for v in names]) if len(names) > 1 else batch[names[0]]
+            encoder = self.encoders.get(modality)
+            features = encoder(x, train=train) if encoder is not None else x
+            head = self.heads.get(modality)
+            out = head(features, train=train) if head is not None else features
+            for name, hi, zi in zip(names, jnp.split(features, len(names)), jnp.split(out, len(names))):
+                h[name], z[name] = hi, zi
+        scalars = {
+            name: self.param(name, nn.initializers.constant(value), (), jnp.float32)
+            for name, value in self.scalars
+        }
+        return {"z": z, "h": h, "scalars": scalars}
+
+    def encode(self, x: jax.Array, modality: str) -> jax.Array:
+        """The frozen representation ``h`` of one modality (for probes and retrieval), eval mode."""
+        encoder = self.encoders.get(modality)
+        return encoder(x, train=False) if encoder is not None else x
