@@ -1,7 +1,11 @@
-"""Encoders and heads (Flax linen, used through ``init``/``apply``), found by name.
+"""Encoders and heads (Flax linen modules, used through ``init``/``apply``), found by name.
 
-``build_encoder("resnet50")``, ``build_head("simclr_mlp", out_dim=128)``; the Flax BERT lives in
-``mmssl_jax.models.bert`` and is imported only where text is encoded.
+    from mmssl_jax.models import build_encoder, build_head
+    encoder = build_encoder("resnet18", cifar_stem=True)       # x: [batch, 32, 32, 3] -> h: [batch, 512]
+    head = build_head("simclr_mlp", hidden_dim=512, out_dim=128)  # h: [batch, 512] -> z: [batch, 128]
+
+The Flax BERT lives in ``mmssl_jax.models.bert`` and is imported only where text is encoded, so
+importing this package stays light.
 """
 
 from mmssl_jax.models.registry import ENCODERS, HEADS, build_encoder, build_head

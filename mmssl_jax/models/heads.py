@@ -1,5 +1,22 @@
-"""Projection heads: SimCLR's MLP, the Barlow Twins/VICReg projector, MoCo v3's predictor,
-a linear projection (CLIP), and the text head on precomputed sentence embeddings."""
+"""Heads: MLPs from a representation ``h: [batch, d]`` to the embedding ``z: [batch, out_dim]``.
+
+One module, :class:`MLPHead`, and the published recipes as its settings (``RECIPES``; build them
+with ``mmssl_jax.models.build_head(name, **overrides)``):
+
+- ``simclr_mlp`` (SimCLR v2): 3 layers, each Dense + BatchNorm, ReLU except the last; the last
+  BatchNorm learns a scale but no shift; output 128.
+- ``barlow_projector`` (Barlow Twins, VICReg): 8192-8192-8192, Dense + BN + ReLU hidden layers,
+  a plain bias-free last Dense (the loss standardizes the output itself).
+- ``moco_predictor`` (MoCo v3): 2 layers, 4096 hidden, out 256, Dense + BN + ReLU then Dense;
+  ``last_bn=True`` adds MoCo v3's affine-free output BatchNorm (its ViT recipe).
+- ``linear_projection`` (CLIP): one bias-free Dense.
+- ``text_mlp``: the text head, from a precomputed sentence embedding (e.g. 384-d MiniLM) into
+  the joint space; 2 layers, LayerNorm rather than BatchNorm by default, so a caption's
+  embedding does not depend on the other captions in its batch.
+
+Dense layers followed by BatchNorm carry no bias (BatchNorm's shift makes it redundant).
+``train`` and ``axis_name`` mean what they mean for the ResNet (see ``resnet.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,77 +27,79 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+NORMS = ("batch", "layer", None)
+
 
 class MLPHead(nn.Module):
-    """``h: [B, d] -> z: [B, out_dim]``: ``num_layers`` Dense layers.
+    """``h: [batch, d] -> z: [batch, out_dim]``: ``num_layers`` Dense layers.
 
-    Hidden layers are Dense (+ BatchNorm) + ReLU; the last is Dense (+ BatchNorm without a
-    learned scale/shift when ``last_bn``, as SimCLR v2 and MoCo v3 do).
+    Hidden layers: Dense (``hidden_dim``) -> ``norm`` -> ReLU. Last layer: Dense (``out_dim``),
+    then BatchNorm if ``last_bn`` (no shift; a learned scale if ``last_bn_scale``); no ReLU.
 
     Attributes:
-      hidden_dim, out_dim, num_layers: sizes (num_layers=1 is a linear projection).
-      batch_norm: BatchNorm after hidden layers; last_bn: BatchNorm (no affine) on the output.
-      layer_norm: LayerNorm instead, for heads on precomputed text embeddings.
-      bn_axis_name: mapped axis for cross-device BatchNorm statistics.
+      hidden_dim: width of the hidden layers.
+      out_dim: width of the output ``z``.
+      num_layers: Dense layers in all (1 is a linear projection).
+      norm: after each hidden Dense: ``"batch"`` (BatchNorm), ``"layer"`` (LayerNorm) or ``None``.
+      last_bn: BatchNorm on the output (SimCLR v2; MoCo v3's projector).
+      last_bn_scale: that BatchNorm learns a scale (SimCLR v2) or is affine-free (MoCo v3).
+      out_bias: a bias on the last Dense when no BatchNorm follows it.
+      dtype: computation dtype; parameters and BatchNorm statistics stay ``param_dtype``.
+      param_dtype: dtype of the parameters.
+      axis_name: mapped axis (``shard_map``/``pmap``) to average BatchNorm statistics over.
+      bn_momentum: decay of BatchNorm's running averages.
+      bn_epsilon: BatchNorm's epsilon.
     """
 
     hidden_dim: int = 2048
     out_dim: int = 128
     num_layers: int = 3
-    batch_norm: bool = True
+    norm: str | None = "batch"
     last_bn: bool = True
-    layer_norm: bool = False
-    use_bias: bool = True
+    last_bn_scale: bool = True
+    out_bias: bool = False
     dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
+    param_dtype: Any = jnp.float32
+    axis_name: str | None = None
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
 
     @nn.compact
-    def __call__(self, h: jax.Array, *, train: bool = True) -> jax.Array:
+    def __call__(self, h: jax.Array, *, train: bool) -> jax.Array:
+        """``h: [batch, d]`` -> ``z: [batch, out_dim]``."""
         if h.ndim != 2:
-            raise ValueError(f"heads take [batch, features], got shape {h.shape}")
+            raise ValueError(f"MLPHead expects h: [batch, features], got shape {h.shape}")
         if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 dtype=self.dtype, axis_name=self.bn_axis_name)
+            raise ValueError(f"MLPHead: num_layers must be >= 1, got {self.num_layers}")
+        if self.norm not in NORMS:
+            raise ValueError(f"MLPHead: norm must be one of {NORMS}, got {self.norm!r}")
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        batch_norm = functools.partial(
+            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+            axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
+        )
+
         x = jnp.asarray(h, self.dtype)
-        for i in range(self.num_layers - 1):
-            x = nn.Dense(self.hidden_dim, use_bias=not self.batch_norm and self.use_bias, dtype=self.dtype)(x)
-            if self.batch_norm:
-                x = norm()(x)
-            elif self.layer_norm:
-                x = nn.LayerNorm(dtype=self.dtype)(x)
+        for i in range(1, self.num_layers):
+            x = dense(self.hidden_dim, use_bias=self.norm != "batch", name=f"dense{i}")(x)
+            if self.norm == "batch":
+                x = batch_norm(name=f"bn{i}")(x)
+            elif self.norm == "layer":
+                x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"ln{i}")(x)
             x = nn.relu(x)
-        x = nn.Dense(self.out_dim, use_bias=not self.last_bn and self.use_bias, dtype=self.dtype)(x)
+        last = self.num_layers
+        x = dense(self.out_dim, use_bias=self.out_bias and not self.last_bn, name=f"dense{last}")(x)
         if self.last_bn:
-            x = norm(use_scale=False, use_bias=False)(x)
+            x = batch_norm(use_bias=False, use_scale=self.last_bn_scale, name=f"bn{last}")(x)
         return x
 
 
-def simclr_mlp(hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 3, **kw) -> MLPHead:
-    """SimCLR v2's projection head: 3 Dense+BN layers, ReLU except the last, output 128."""
-    return MLPHead(hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers, **kw)
-
-
-def barlow_projector(hidden_dim: int = 8192, out_dim: int = 8192, num_layers: int = 3, **kw) -> MLPHead:
-    """Barlow Twins / VICReg projector: 8192-8192-8192, BN+ReLU; the output goes unnormalized
-    into the loss (which standardizes it itself)."""
-    return MLPHead(hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers, last_bn=False, **kw)
-
-
-def moco_predictor(hidden_dim: int = 4096, out_dim: int = 256, num_layers: int = 2, **kw) -> MLPHead:
-    """MoCo v3's predictor: 2 layers, BN+ReLU hidden, BN (no affine) on the output."""
-    return MLPHead(hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers, **kw)
-
-
-def linear_projection(out_dim: int = 512, **kw) -> MLPHead:
-    """CLIP's projection: one Dense layer without bias."""
-    return MLPHead(out_dim=out_dim, num_layers=1, last_bn=False, use_bias=False, batch_norm=False, **kw)
-
-
-def text_mlp(hidden_dim: int = 1024, out_dim: int = 128, num_layers: int = 2, **kw) -> MLPHead:
-    """The text head: an MLP from a precomputed sentence embedding (e.g. 384-d MiniLM) into the
-    joint space; LayerNorm rather than BatchNorm, so a caption's embedding does not depend on
-    the other captions in its batch."""
-    kw.setdefault("batch_norm", False)
-    kw.setdefault("layer_norm", True)
-    return MLPHead(hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers, last_bn=False, **kw)
+RECIPES: dict[str, dict[str, Any]] = {
+    "simclr_mlp": dict(hidden_dim=2048, out_dim=128, num_layers=3, norm="batch", last_bn=True, last_bn_scale=True),
+    "barlow_projector": dict(hidden_dim=8192, out_dim=8192, num_layers=3, norm="batch", last_bn=False),
+    "moco_predictor": dict(hidden_dim=4096, out_dim=256, num_layers=2, norm="batch", last_bn=False,
+                           last_bn_scale=False),
+    "linear_projection": dict(out_dim=512, num_layers=1, norm=None, last_bn=False),
+    "text_mlp": dict(hidden_dim=1024, out_dim=128, num_layers=2, norm="layer", last_bn=False),
+}
+"""The published heads as :class:`MLPHead` settings (see the module docstring)."""
