@@ -252,6 +252,13 @@ def crop_flip(size: int = 224) -> AugmentConfig:
                          center_crop_fraction=_eval_fraction(size))
 
 
+def clip_crop(size: int = 224) -> AugmentConfig:
+    """CLIP-style training view: a gentle random resized crop (scale 0.9-1, as open_clip) and no
+    flip or colour operations, so the crop keeps what the caption describes ("on the left", "red")."""
+    return AugmentConfig(size=size, crop_scale=(0.9, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+                         blur_p=0.0, solarize_p=0.0, center_crop_fraction=_eval_fraction(size))
+
+
 def eval_config(size: int = 224) -> AugmentConfig:
     """Evaluation: centre crop 0.875 of the shorter side then resize (no crop at <= 32 px), no
     flip, no colour operations."""
@@ -265,6 +272,7 @@ PRESETS: dict[str, Callable[[int], AugmentConfig]] = {
     "byol_view1": byol_view1,
     "byol_view2": byol_view2,
     "crop_flip": crop_flip,
+    "clip_crop": clip_crop,
     "eval": eval_config,
 }
 """Preset name -> ``fn(size) -> AugmentConfig``; the names configs use (``views.*.augment``)."""
