@@ -1,0 +1,58 @@
+r"""Image + caption pretraining (BERTSimCLR): SimCLR on two image views plus CLIP between each
+image view and a caption embedding from the frozen sentence-BERT ("virtual text head").
+
+Each step draws one of the image's captions (caption augmentation); turn it off for the
+ablation with --config.input.caption_mode=first.
+
+Default (embedded data, 2-core CPU, a few minutes):
+  python -m mmssl_jax.main --config=configs/bert_simclr.py
+COCO recipe: python -m mmssl_jax.main --config=configs/bert_simclr.py:coco
+"""
+
+import math
+
+from mmssl_jax import config_base as cb
+
+
+def get_config(arg: str = ""):
+    c = cb.base_config()
+    c.method = "bert_simclr"
+    c.views = {
+        "image1": cb.image_view("simclr_cifar"),
+        "image2": cb.image_view("simclr_cifar"),
+        "text": cb.text_view(),
+    }
+    c.encoders = {"image": cb.module("resnet18", cifar_stem=True, width=16), "text": cb.module("none")}
+    c.heads = {
+        "image": cb.module("simclr_mlp", hidden_dim=256, out_dim=64, num_layers=2),
+        "text": cb.module("text_mlp", hidden_dim=256, out_dim=64, num_layers=2),
+    }
+    c.learned_scalars = {"logit_scale": math.log(1 / 0.07)}
+    c.loss_terms = [
+        cb.term("image1", "image2", "nt_xent", temperature=0.2),
+        cb.term("image1", "text", "clip", weight=0.5, logit_scale="learned:logit_scale"),
+        cb.term("image2", "text", "clip", weight=0.5, logit_scale="learned:logit_scale"),
+    ]
+    c.num_steps = 300
+    c.optimizer.name = "lars"
+    c.optimizer.learning_rate = 0.3
+    c.optimizer.lr_scaling = "linear"
+    c.optimizer.weight_decay = 1e-6
+    if arg == "coco":
+        c.input.name = "coco_captions_embedded"
+        c.input.image_size = 224
+        c.input.batch_size = 1024
+        c.input.worker_count = 16
+        c.dtype = "bfloat16"
+        c.views.image1.augment = c.views.image2.augment = "simclr_imagenet"
+        c.encoders.image = cb.module("resnet50")
+        c.heads.image = cb.module("simclr_mlp", hidden_dim=2048, out_dim=128, num_layers=3)
+        c.heads.text = cb.module("text_mlp", hidden_dim=1024, out_dim=128, num_layers=2)
+        c.num_steps = 0
+        c.num_epochs = 100
+        c.optimizer.warmup_steps = 10 * (118_287 // 1024)
+        c.log_every = 50
+        c.checkpoint_every = 1000
+    elif arg:
+        raise ValueError(f"configs/bert_simclr.py: unknown argument {arg!r}; use '' or 'coco'")
+    return c

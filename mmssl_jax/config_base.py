@@ -1,0 +1,119 @@
+"""Defaults shared by every config in ``configs/``; each method file changes what it needs.
+
+Every field is commented here once. Configs are plain ``ml_collections.ConfigDict``s; the
+command line overrides any field with ``--config.key=value`` (unknown keys and wrong types are
+refused before training).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+EMBEDDED_DATASET = "mmssl_shapes"
+"""The procedurally generated default dataset, prepared locally on first use (no download)."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = ""  # Name shown in logs and the final summary line.
+    c.seed = 0  # One seed for initialisation, shuffling, crops, caption draws and device augmentation.
+    c.dtype = "float32"  # Compute dtype of encoders and heads ("bfloat16" on TPU/GPU); params stay float32.
+    c.num_steps = 0  # Training steps; 0 means num_epochs * steps_per_epoch.
+    c.num_epochs = 0  # Used when num_steps is 0.
+    c.accumulation_steps = 1  # Gradient accumulation (optax.MultiSteps): the effective batch is k times larger.
+    c.log_every = 10  # Steps between logged metrics (TensorBoard + console).
+    c.checkpoint_every = 100  # Steps between checkpoints; the last step is always saved.
+    c.keep_checkpoints = 3  # Checkpoints kept on disk.
+    c.profile = False  # Capture a profiler trace of a few steps into the workdir.
+    c.max_logit_scale = math.log(100.0)  # CLIP's clamp of the learned inverse temperature.
+
+    c.input = ml_collections.ConfigDict()
+    c.input.name = EMBEDDED_DATASET  # A prepared tfds dataset (python -m mmssl_jax.data.prepare NAME).
+    c.input.data_dir = ""  # tfds data dir; "" means $MMSSL_DATA_DIR or ~/tensorflow_datasets.
+    c.input.split = "train"  # Split to train on.
+    c.input.batch_size = 128  # Global batch (all devices, all hosts), per optimizer micro-step.
+    c.input.image_size = 32  # Side of the image views after the random resized crop.
+    c.input.caption_mode = "random"  # "random": a new caption each time (caption augmentation); "first": always caption 0.
+    c.input.worker_count = 0  # grain worker processes for decoding and cropping (0: in the main process).
+    c.input.prepare_if_missing = True  # Prepare the embedded dataset on first use (never downloads).
+
+    # Views: name -> modality ("image" or "text") and, for images, the augmentation preset.
+    c.views = ml_collections.ConfigDict()
+    # Encoders and heads by modality, found by name in mmssl_jax.models (name "none": identity).
+    c.encoders = ml_collections.ConfigDict()
+    c.heads = ml_collections.ConfigDict()
+    # Loss terms: (view a, view b, loss name, weight, kwargs); "learned:NAME" refers to learned_scalars.
+    c.loss_terms = []
+    # Learnable scalars and their initial values (CLIP's logit_scale, SigLIP's logit_bias).
+    c.learned_scalars = ml_collections.ConfigDict()
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"  # "lars", "adamw" or "sgd".
+    c.optimizer.learning_rate = 1e-3  # Base learning rate, scaled by lr_scaling.
+    c.optimizer.lr_scaling = "none"  # "linear": lr * batch / 256; "sqrt": lr * sqrt(batch); "none".
+    c.optimizer.warmup_steps = 20  # Linear warmup, then cosine decay to 0 at the last step.
+    c.optimizer.weight_decay = 1e-4  # Decoupled weight decay (never on biases, norms or scalars).
+    c.optimizer.momentum = 0.9  # LARS / SGD momentum.
+    c.optimizer.trust_coefficient = 1e-3  # LARS trust coefficient.
+    c.optimizer.grad_clip_norm = 0.0  # Clip the global gradient norm (0: off).
+    c.optimizer.no_decay = ()  # Extra regexes of parameter paths excluded from decay and LARS adaptation.
+    c.optimizer.freeze = ()  # Regexes of parameter paths that are not trained.
+    return c
+
+
+def image_view(augment: str = "simclr_cifar") -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"modality": "image", "augment": augment})
+
+
+def text_view() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"modality": "text"})
+
+
+def module(name: str, **kwargs) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"name": name, "kwargs": kwargs})
+
+
+def term(a: str, b: str, loss: str, weight: float = 1.0, **kwargs) -> dict:
+    return {"a": a, "b": b, "loss": loss, "weight": weight, "kwargs": kwargs}
+
+
+def image_text_towers(c: ml_collections.ConfigDict, recipe: str = "") -> ml_collections.ConfigDict:
+    """The CLIP-style towers shared by CLIP and SigLIP: an image encoder + linear projection, and
+    the text head on precomputed caption embeddings. ``recipe="coco"``: ViT-B/16 at 224 px,
+    bf16, AdamW as open_clip, on the prepared COCO captions."""
+    c.views = {"image": image_view("clip_crop"), "text": text_view()}
+    c.encoders = {"image": module("resnet18", cifar_stem=True, width=16), "text": module("none")}
+    c.heads = {
+        "image": module("linear_projection", out_dim=128),
+        "text": module("text_mlp", hidden_dim=256, out_dim=128, num_layers=2),
+    }
+    c.num_steps = 300
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.weight_decay = 0.05
+    c.optimizer.b2 = 0.999  # AdamW's second-moment decay (CLIP: 0.98).
+    c.optimizer.eps = 1e-8  # AdamW's epsilon (CLIP: 1e-6).
+    if recipe == "coco":
+        c.input.name = "coco_captions_embedded"
+        c.input.image_size = 224
+        c.input.batch_size = 4096
+        c.input.worker_count = 16
+        c.dtype = "bfloat16"
+        c.encoders.image = module("vit_b", patch_size=16, pool="cls")
+        c.heads.image = module("linear_projection", out_dim=512)
+        c.heads.text = module("text_mlp", hidden_dim=1024, out_dim=512, num_layers=2)
+        c.num_steps = 0
+        c.num_epochs = 32
+        c.optimizer.learning_rate = 5e-4
+        c.optimizer.weight_decay = 0.2
+        c.optimizer.b2 = 0.98
+        c.optimizer.eps = 1e-6
+        c.optimizer.warmup_steps = 2000
+        c.optimizer.grad_clip_norm = 1.0
+        c.log_every = 50
+        c.checkpoint_every = 1000
+    elif recipe:
+        raise ValueError(f"unknown config argument {recipe!r}; use '' (embedded data) or 'coco'")
+    return c

@@ -1,0 +1,86 @@
+"""Command line: ``python -m mmssl_jax.main --config=configs/clip.py [--config.key=value ...]``.
+
+The same command runs on one CPU, one GPU, a TPU VM or a multi-host pod: with several
+processes (a TPU pod slice, SLURM, or ``--coordinator_address``/``--num_processes``/
+``--process_id``), ``jax.distributed.initialize()`` is called first and every process runs
+the same program on its slice of the batch.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file, e.g. configs/clip.py or configs/clip.py:coco.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, TensorBoard logs and curves go; a run resumes from it. "
+    "Default: a new folder runs/<config>-<time>."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+
+
+def _multi_process_environment() -> bool:
+    """True when the launcher says this is one of several processes (TPU pod, SLURM, MPI...)."""
+    if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if int(os.environ.get(var, "1") or 1) > 1:
+            return True
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return "," in hosts
+
+
+def _default_workdir(config_path: str) -> str:
+    name = Path(config_path.split(":")[0]).stem
+    arg = config_path.split(":", 1)[1] if ":" in config_path else ""
+    return str(Path("runs") / f"{name}{'-' + arg if arg else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Drops INFO chatter of checkpointing internals; their warnings and errors still show."""
+
+    NOISY = ("/orbax/", "/etils/", "/tensorflow_datasets/")
+
+    def filter(self, record) -> bool:
+        return record.levelno >= 30 or not any(part in record.pathname for part in self.NOISY)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    # TensorFlow (tfds, TensorBoard) must never take an accelerator from JAX.
+    from mmssl_jax.tf_compat import import_tensorflow
+
+    import_tensorflow()
+    import jax
+
+    if _multi_process_environment():
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
+        )
+    from mmssl_jax import train
+
+    config_path = flags.FLAGS["config"].config_filename
+    workdir = _WORKDIR.value or _default_workdir(config_path)
+    logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
+                 jax.device_count(), jax.devices()[0].device_kind)
+    try:
+        train.train_and_evaluate(_CONFIG.value, workdir)
+    except train.ConfigError as e:
+        sys.exit(f"Config error: {e}")
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)
