@@ -23,6 +23,7 @@ def get_config(arg: str = ""):
     c.optimizer.weight_decay = 1.5e-6
     if arg == "imagenet":
         c.input.name = "imagenet2012"
+        cb.imagenet_eval(c)
         c.input.image_size = 224
         c.input.batch_size = 2048
         c.input.worker_count = 32

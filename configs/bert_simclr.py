@@ -38,6 +38,7 @@ def get_config(arg: str = ""):
     c.optimizer.learning_rate = 0.3
     c.optimizer.lr_scaling = "linear"
     c.optimizer.weight_decay = 1e-6
+    c.eval.protocols = ("linear_probe", "knn", "zero_shot", "retrieval")
     if arg == "coco":
         c.input.name = "coco_captions_embedded"
         c.input.image_size = 224
@@ -51,6 +52,11 @@ def get_config(arg: str = ""):
         c.num_steps = 0
         c.num_epochs = 100
         c.optimizer.warmup_steps = 10 * (118_287 // 1024)
+        # The original experiment: linear probe on CIFAR-10 (prepare cifar10_npz), and retrieval.
+        c.eval.protocols = ("linear_probe", "retrieval")
+        c.eval.classification.dataset = "cifar10_npz"
+        c.eval.classification.max_train = 0
+        c.eval.retrieval.split = "val"
         c.log_every = 50
         c.checkpoint_every = 1000
     elif arg:

@@ -30,6 +30,7 @@ def get_config(arg: str = ""):
     c.optimizer.weight_decay = 1e-6
     if arg == "cifar":
         c.input.name = "cifar10_npz"
+        c.eval.classification.max_train = 0  # probe and kNN on all 50k training images
         c.input.batch_size = 512
         c.input.image_size = 32
         c.input.worker_count = 8
@@ -45,6 +46,7 @@ def get_config(arg: str = ""):
         c.checkpoint_every = 1000
     elif arg == "imagenet":
         c.input.name = "imagenet2012"
+        cb.imagenet_eval(c)
         c.input.batch_size = 4096
         c.input.image_size = 224
         c.input.worker_count = 32

@@ -60,6 +60,57 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.grad_clip_norm = 0.0  # Clip the global gradient norm (0: off).
     c.optimizer.no_decay = ()  # Extra regexes of parameter paths excluded from decay and LARS adaptation.
     c.optimizer.freeze = ()  # Regexes of parameter paths that are not trained.
+
+    # Robustness to a missing modality: modality -> fraction of samples whose input is zeroed
+    # in training (e.g. {"text": 0.3}); evaluate it with eval.ablations ("removed" captions).
+    c.modality_dropout = ml_collections.ConfigDict()
+    c.eval = eval_config()
+    return c
+
+
+def eval_config(protocols: tuple[str, ...] = ("linear_probe", "knn")) -> ml_collections.ConfigDict:
+    """Evaluation settings (mmssl_jax.evaluate), used during training and by configs/linear_probe.py."""
+    e = ml_collections.ConfigDict()
+    e.every = 0  # Steps between evaluations during training; 0: only after the last step.
+    # Any of "linear_probe", "knn" (image encoder h), "zero_shot", "retrieval" (joint space z,
+    # models with a text branch); () evaluates nothing. CLI: --config.eval.protocols="('knn',)".
+    e.protocols = protocols
+    e.image_size = 0  # Evaluation image side (centre crop); 0: input.image_size.
+    e.batch_size = 256  # Global batch of the feature extraction.
+    e.cache_mb = 1024  # Keep decoded evaluation images in memory up to this size.
+    e.text_model = "all-MiniLM-L6-v2"  # Sentence model for zero-shot prompts, unless the dataset names its own.
+    e.templates = ()  # Zero-shot prompt templates with "{}" for the class name; (): evaluate.ZERO_SHOT_TEMPLATES.
+    e.probe_l2 = ()  # L2 strengths the linear probe chooses from; (): evaluate.DEFAULT_L2_GRID (1e-6 .. 1).
+    e.probe_iters = 300  # L-BFGS iterations of each probe fit.
+    e.knn_k = (20, 200)  # Neighbour counts of the kNN classifier (InstDisc).
+    e.knn_temperature = 0.07  # Temperature of the kNN vote weights exp(sim / T).
+    # Labelled images for the probe, kNN and zero-shot: a prepared dataset name or a path (.npz,
+    # image folder, CIFAR files); "" means input.name.
+    e.classification = ml_collections.ConfigDict()
+    e.classification.dataset = ""
+    e.classification.data_dir = ""  # "" means input.data_dir.
+    e.classification.label_key = "label"
+    e.classification.train_split = "train"  # Probe/kNN training images.
+    e.classification.max_train = 4000  # Use at most the first N of them (0: all).
+    e.classification.test_split = "test"
+    e.classification.name = ""  # Metric prefix; "" means the dataset name.
+    # Captioned images for retrieval (image<->text R@1/5/10) and the caption ablations.
+    e.retrieval = ml_collections.ConfigDict()
+    e.retrieval.dataset = ""  # "" means input.name.
+    e.retrieval.data_dir = ""
+    e.retrieval.split = "test"
+    e.retrieval.name = ""
+    # Modality ablations (models with a text branch): captions removed, shuffled, or noise.
+    e.ablations = False
+    return e
+
+
+def imagenet_eval(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """ImageNet recipes: weighted kNN on the full training set, scored on the validation split
+    (the linear probe is run on the final checkpoint with configs/linear_probe.py)."""
+    c.eval.protocols = ("knn",)
+    c.eval.classification.test_split = "validation"
+    c.eval.classification.max_train = 0
     return c
 
 
@@ -95,6 +146,7 @@ def image_text_towers(c: ml_collections.ConfigDict, recipe: str = "") -> ml_coll
     c.optimizer.weight_decay = 0.05
     c.optimizer.b2 = 0.999  # AdamW's second-moment decay (CLIP: 0.98).
     c.optimizer.eps = 1e-8  # AdamW's epsilon (CLIP: 1e-6).
+    c.eval.protocols = ("linear_probe", "knn", "zero_shot", "retrieval")
     if recipe == "coco":
         c.input.name = "coco_captions_embedded"
         c.input.image_size = 224
@@ -112,6 +164,8 @@ def image_text_towers(c: ml_collections.ConfigDict, recipe: str = "") -> ml_coll
         c.optimizer.eps = 1e-6
         c.optimizer.warmup_steps = 2000
         c.optimizer.grad_clip_norm = 1.0
+        c.eval.protocols = ("retrieval",)  # image<->text R@1/5/10 on the 5k val2017 images
+        c.eval.retrieval.split = "val"
         c.log_every = 50
         c.checkpoint_every = 1000
     elif recipe:

@@ -75,8 +75,17 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or _default_workdir(config_path)
     logging.info("JAX %s: %d process(es), %d device(s): %s", jax.__version__, jax.process_count(),
                  jax.device_count(), jax.devices()[0].device_kind)
+    config = _CONFIG.value
+    if config.get("mode") == "evaluate":  # configs/linear_probe.py: evaluate a checkpoint
+        from mmssl_jax import evaluate
+
+        try:
+            evaluate.evaluate_checkpoint(config, _WORKDIR.value)
+        except (FileNotFoundError, ValueError) as e:  # no checkpoint, another model, a bad eval setting
+            sys.exit(f"Error: {e}")
+        return
     try:
-        train.train_and_evaluate(_CONFIG.value, workdir)
+        train.train_and_evaluate(config, workdir)
     except train.ConfigError as e:
         sys.exit(f"Config error: {e}")
 

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mmssl_jax import losses, sharding
+from mmssl_jax import evaluate, losses, sharding
 from mmssl_jax.data import augment, pipeline
 from mmssl_jax.models import build_encoder, build_head
 from mmssl_jax.models.multiview import MultiViewModel
@@ -283,6 +283,7 @@ def make_train_step(model: MultiViewModel, tx, schedule, config):
     moco = config.get("moco")
     compute_dtype = jnp.dtype(config.get("dtype", "float32"))
     max_logit_scale = config.get("max_logit_scale", math.log(100.0))
+    dropout = dict(config.get("modality_dropout", {}))
 
     def forward(params, batch_stats, batch):
         out, updates = model.apply(
@@ -293,6 +294,10 @@ def make_train_step(model: MultiViewModel, tx, schedule, config):
     def step(state: TrainState, batch: Mapping[str, jax.Array]):
         key = jax.random.fold_in(state.rng, state.step)
         batch = pipeline.device_augment(batch, key, image_views)
+        for i, (view, spec) in enumerate(sorted(config.views.items())):
+            rate = dropout.get(spec.modality, 0.0)
+            if rate > 0:  # robustness to a missing modality: zero this view for some samples
+                batch[view] = evaluate.drop_modality(batch[view], jax.random.fold_in(key, 10_000 + i), rate)
         batch = {k: (v.astype(compute_dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in batch.items()}
 
         momentum_z, momentum_stats = {}, state.momentum_batch_stats
@@ -468,6 +473,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.moco.queue_size={moco.queue_size} must be a multiple of the batch size {batch}")
         if moco.key_view not in views:
             raise ConfigError(f"config.moco.key_view={moco.key_view!r} names no view")
+    modalities = {view.modality for view in views.values()}
+    for modality, rate in dict(config.get("modality_dropout", {})).items():
+        if modality not in modalities:
+            raise ConfigError(f"config.modality_dropout.{modality}: no view has that modality; modalities: {sorted(modalities)}")
+        if not 0.0 <= float(rate) < 1.0:
+            raise ConfigError(f"config.modality_dropout.{modality}={rate} must be in [0, 1)")
+    ec = config.get("eval")
+    if ec is not None:
+        unknown = sorted(set(ec.protocols) - set(evaluate.PROTOCOLS))
+        if unknown:
+            raise ConfigError(f"config.eval.protocols: unknown {unknown}; known: {list(evaluate.PROTOCOLS)}")
+        if set(ec.protocols) & set(evaluate.TEXT_PROTOCOLS) and "text" not in modalities:
+            raise ConfigError(f"config.eval.protocols {list(ec.protocols)}: zero_shot and retrieval need a text view")
+        if ec.every < 0:
+            raise ConfigError(f"config.eval.every must be >= 0, got {ec.every}")
     try:
         _augment_configs(config)
         build_model(config)
@@ -504,6 +524,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # Model and optimizer, initialised already placed (replicated) on the mesh.
     model = build_model(config)
+    # Evaluation: datasets opened and prompts embedded now, so a missing one fails before training.
+    evaluation = None
+    if config.get("eval") is not None and config.eval.protocols:
+        evaluation = evaluate.Evaluation(config, model, mesh)
+    eval_every = config.eval.every if evaluation is not None else 0
     example = {k: jnp.asarray(v[:2]) for k, v in first.items() if k in config.views}
     example = pipeline.device_augment(example, jax.random.key(0), _augment_configs(config))
     params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), example, train=False))["params"]
@@ -573,6 +598,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 last["examples_per_second"] = rate
                 writer.write_scalars(step, last)
                 history.append((step, last))
+            if evaluation is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
+                eval_metrics = evaluation.run(state.params, state.batch_stats)
+                evaluate.write_metrics(workdir, step, eval_metrics, writer)
+                last.update(eval_metrics)
+                print(evaluate.format_summary(f"Step {step}", eval_metrics), flush=True)
             if step % config.checkpoint_every == 0 or step == total_steps:
                 _save(manager, step, state, iterator, config)
                 _save_history(workdir, history)
@@ -584,7 +614,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         _write_curves(history, workdir / "curves.png")
     summary = {"step": int(state.step), **last}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items()) if k.startswith(("loss", "accuracy")))
+    shown = ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in sorted(last.items())
+                      if k.startswith(("loss", "accuracy", "eval/")) and "ablation" not in k and k != "eval/seconds")
     print(f"Finished {config.get('method', 'training')} at step {int(state.step)}: {shown}. Workdir: {workdir}")
     return summary
 

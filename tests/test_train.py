@@ -60,6 +60,7 @@ def tiny(config, data_dir: str, steps: int = 6):
                 spec.kwargs[key] = 16
     if config.get("moco") is not None:
         config.moco.queue_size = 32
+    config.eval.protocols = ()  # tests/test_evaluate.py covers evaluation
     return config
 
 
@@ -156,6 +157,7 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_parameters(data_dir, tmp
         "--config=configs/simclr.py", f"--config.input.data_dir={data_dir}", "--config.input.batch_size=16",
         "--config.input.image_size=16", "--config.num_steps=16", "--config.checkpoint_every=4",
         "--config.log_every=2", "--config.encoders.image.kwargs.width=4", "--config.optimizer.warmup_steps=2",
+        "--config.eval.protocols=()",
     ]
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     straight = _run_main(overrides, tmp_path / "straight", env)

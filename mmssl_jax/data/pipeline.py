@@ -235,8 +235,13 @@ def eval_dataset(
     keep: Sequence[str] = ("label",),
     process_index: int | None = None,
     process_count: int | None = None,
+    pad_to: int | None = None,
 ) -> grain.IterDataset:
     """One pass in order, centre crop, every batch full: the last is padded with ``mask=False``.
+
+    This process reads records ``process_index::process_count``; ``pad_to`` pads its slice to
+    that many rows (a multiple of ``batch_size``) so that every process runs the same number of
+    batches, which collective (multi-host) evaluation steps need.
 
     A record whose image cannot be decoded stays in place with ``mask=False`` so features line
     up with labels. Batches hold ``image uint8 [B, size, size, 3]``, ``mask bool [B]`` and the
@@ -245,7 +250,9 @@ def eval_dataset(
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     ds = grain.MapDataset.source(source)[process_index::process_count].map(_EvalView(cfg, keep))
-    padding = (-len(ds)) % batch_size
+    padding = (-len(ds)) % batch_size if pad_to is None else pad_to - len(ds)
+    if padding < 0 or (pad_to is not None and pad_to % batch_size):
+        raise ValueError(f"pad_to={pad_to} must be a multiple of batch_size={batch_size} and >= {len(ds)}")
     if padding:
         first = ds[0]
         blank = {k: np.zeros_like(v) for k, v in first.items()}  # mask=False

@@ -59,3 +59,10 @@ class MultiViewModel(nn.Module):
         """The frozen representation ``h`` of one modality (for probes and retrieval), eval mode."""
         encoder = self.encoders.get(modality)
         return encoder(x, train=False) if encoder is not None else x
+
+    def represent(self, x: jax.Array, modality: str) -> tuple[jax.Array, jax.Array]:
+        """Eval mode ``(h, z)`` of one modality: the encoder's representation (linear probe, kNN)
+        and the head's embedding in the joint space (zero-shot, retrieval)."""
+        h = self.encode(x, modality)
+        head = self.heads.get(modality)
+        return h, (head(h, train=False) if head is not None else h)
