@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +38,23 @@ class Notebook:
     expected_output: tuple[str, ...] = ()  # lines the notebook prints when its own checks pass
 
 
+_SCRATCH = tempfile.mkdtemp(prefix="mmssl_colabs_")  # datasets and runs the notebooks write
+
 NOTEBOOKS = [
+    Notebook(
+        "01_quickstart.ipynb",
+        parameters={
+            "STEPS": 6,
+            "BATCH": 32,
+            "IMAGE_SIZE": 16,
+            "NUM_TRAIN": 256,
+            "PROBE_TRAIN": 128,
+            "WIDTH": 4,
+            "DATA_DIR": f"{_SCRATCH}/tfds",
+            "WORKDIR": f"{_SCRATCH}/runs",
+        },
+        expected_output=("simclr trained", "clip trained", "retrieval grid drawn"),
+    ),
     Notebook(
         "02_losses_in_your_project.ipynb",
         parameters={
@@ -144,8 +161,27 @@ def test_notebook_runs_on_cpu_with_tiny_parameters(notebook, tmp_path, monkeypat
         assert line in printed, f"{notebook.name} did not print {line!r}; it printed:\n{printed}"
 
 
+NOT_EXECUTED = {
+    # Needs MS-COCO (about 20 GB) and hours of TPU/GPU time; its code cells are compiled below and
+    # every library call it makes is exercised by tests/test_evaluate.py and tests/test_train.py.
+    "03_coco_clip.ipynb": "needs MS-COCO and an accelerator",
+}
+
+
 def test_every_notebook_is_executed_by_the_tests():
-    assert sorted(p.name for p in COLABS.glob("*.ipynb")) == sorted(n.name for n in NOTEBOOKS)
+    executed = {n.name for n in NOTEBOOKS}
+    assert sorted(p.name for p in COLABS.glob("*.ipynb")) == sorted(executed | set(NOT_EXECUTED))
+
+
+@pytest.mark.parametrize("name", sorted(NOT_EXECUTED))
+def test_notebooks_not_executed_here_at_least_compile(name):
+    """Every code cell parses as Python once IPython's ``%``/``!`` lines are set aside."""
+    nb = _read(COLABS / name)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            lines = [line[: len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("%", "!")) else line
+                     for line in cell.source.splitlines()]
+            compile("\n".join(lines), f"{name} cell {i}", "exec")
 
 
 @pytest.mark.parametrize("path", sorted(COLABS.glob("*.ipynb")), ids=lambda p: p.name)
