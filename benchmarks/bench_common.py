@@ -1,0 +1,33 @@
+"""Helpers shared by the benchmark scripts (run as ``python benchmarks/NAME.py``, so this folder
+is on ``sys.path``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+import flax
+import jax
+import optax
+
+
+def device_description() -> dict:
+    device = jax.devices()[0]
+    cpu_model = ""
+    if Path("/proc/cpuinfo").exists():
+        match = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+        cpu_model = match.group(1).strip() if match else ""
+    return {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model or platform.processor(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+    }
