@@ -12,3 +12,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # TensorFlow (pulled in by tfds / clu) must never take an accelerator.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# The slowest tests (a few minutes each on 2 cores: subprocess runs, training runs, notebooks) are
+# collected first, so that pytest-xdist hands them out at the start and the two workers finish
+# together instead of one of them running a long test alone at the end.
+SLOW_FIRST = (
+    "test_train.py::test_a_run_killed",
+    "test_evaluate.py",  # its trained-checkpoint tests share one module fixture (xdist_group)
+    "test_colabs.py::test_notebook_runs",
+    "test_train.py::test_eight_devices",
+    "test_train.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        return next((i for i, key in enumerate(SLOW_FIRST) if key in item.nodeid), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a rank is the collection order

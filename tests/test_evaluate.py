@@ -254,6 +254,7 @@ def clip_run(data_dir, tmp_path_factory):
     return workdir, train.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.xdist_group("trained_checkpoint")
 def test_training_evaluates_every_protocol_and_the_ablations(clip_run):
     workdir, summary = clip_run
     history = json.loads((workdir / "eval_summary.json").read_text())
@@ -269,6 +270,7 @@ def test_training_evaluates_every_protocol_and_the_ablations(clip_run):
     assert metrics["eval/mmssl_shapes/ablation/removed/retrieval/i2t_r@1"] == 0.0
 
 
+@pytest.mark.xdist_group("trained_checkpoint")
 def test_a_checkpoint_evaluates_on_its_own(clip_run, data_dir, tmp_path):
     from tests.test_train import load_config
 
@@ -283,6 +285,7 @@ def test_a_checkpoint_evaluates_on_its_own(clip_run, data_dir, tmp_path):
     assert "3" in json.loads((tmp_path / "eval_summary.json").read_text())
 
 
+@pytest.mark.xdist_group("trained_checkpoint")
 def test_a_checkpoint_of_another_model_fails_naming_the_difference(clip_run, tmp_path):
     from tests.test_train import load_config
 
@@ -302,6 +305,7 @@ def test_a_checkpoint_of_another_model_fails_naming_the_difference(clip_run, tmp
         evaluate.evaluate_checkpoint(config, tmp_path)
 
 
+@pytest.mark.xdist_group("trained_checkpoint")
 def test_bad_eval_settings_fail_before_training(data_dir, tmp_path):
     from mmssl_jax import train
     from tests.test_train import load_config, tiny

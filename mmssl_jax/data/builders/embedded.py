@@ -1,7 +1,7 @@
 """``mmssl_shapes``: the embedded default dataset (:mod:`mmssl_jax.data.shapes`) as a tfds builder.
 
-Prepared locally, no download: ``python -m mmssl_jax.data.prepare mmssl_shapes`` (about two
-minutes on a 2-core CPU for the default 10,000 train + 2,000 test images, most of it embedding
+Prepared locally, no download: ``python -m mmssl_jax.data.prepare mmssl_shapes`` (about
+a minute and a half on a 2-core CPU for the default 5,000 train + 1,000 test images, most of it embedding
 the captions).
 """
 
@@ -16,8 +16,8 @@ from mmssl_jax.data import shapes
 from mmssl_jax.data.builders import common
 from mmssl_jax.data.builders.common import tfds
 
-NUM_TRAIN = 10_000
-NUM_TEST = 2_000
+NUM_TRAIN = 5_000
+NUM_TEST = 1_000
 IMAGE_SIZE = 64
 
 
