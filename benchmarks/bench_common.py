@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import subprocess
 from pathlib import Path
 
 import flax
@@ -31,3 +32,17 @@ def device_description() -> dict:
         "flax": flax.__version__,
         "optax": optax.__version__,
     }
+
+
+def code_version(repo: Path, paths: tuple[str, ...]) -> dict:
+    """The commit measured and which of ``paths`` (the measured code) differ from it."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    head = git("rev-parse", "--short", "HEAD")
+    status = git("status", "--porcelain", "--", *paths)
+    return {"commit": head.strip() if head else None,
+            "uncommitted": [line[3:] for line in status.splitlines()] if status else []}

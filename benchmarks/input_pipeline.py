@@ -355,15 +355,8 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def code_version() -> dict:
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return None
-    head = git("rev-parse", "--short", "HEAD")
-    status = git("status", "--porcelain", "--", "mmssl_jax", "benchmarks/augment.py", "benchmarks/input_pipeline.py")
-    return {"commit": head.strip() if head else None,
-            "uncommitted": [line[3:] for line in status.splitlines()] if status else []}
+    """The commit measured and the library files that differ from it."""
+    return bench_common.code_version(REPO, ("mmssl_jax", "benchmarks/augment.py", "benchmarks/input_pipeline.py"))
 
 
 def table(rows: list[dict], cores: int) -> str:

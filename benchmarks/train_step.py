@@ -221,16 +221,8 @@ def device_description() -> dict:
 
 
 def code_version() -> dict:
-    """The commit measured and the library/config files that differ from it (the step's code)."""
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return None
-    head = git("rev-parse", "--short", "HEAD")
-    status = git("status", "--porcelain", "--", "mmssl_jax", "configs")
-    return {"commit": head.strip() if head else None,
-            "uncommitted": [line[3:] for line in status.splitlines()] if status else []}
+    """The commit measured and the library files that differ from it."""
+    return bench_common.code_version(REPO, ("mmssl_jax", "configs"))
 
 
 def device_tag(device: dict) -> str:
