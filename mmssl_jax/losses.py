@@ -8,7 +8,8 @@ call under ``jit`` on a global array sharded over a mesh, where XLA partitions t
 ``jax.shard_map`` (or ``jax.pmap``) pass the mapped axis name: each device then holds its local
 rows, gathers the other devices' embeddings as negatives, and computes only its own rows against
 all columns, so per-device memory is ``O(local x global)``, never ``O(global^2)``. Batch
-statistics (Barlow Twins, VICReg) are summed over devices. The returned value is the global loss
+statistics (Barlow Twins, VICReg) are summed over devices; the per-sample losses (BYOL, SimSiam's
+negative cosine) gather nothing and sum their rows' terms over devices. The returned value is the global loss
 on every device, and gradients with respect to each device's rows equal the corresponding rows of
 the unsharded gradient; every device must hold the same number of rows.
 
@@ -40,6 +41,8 @@ __all__ = [
     "barlow_twins_terms",
     "vicreg",
     "vicreg_terms",
+    "byol",
+    "negative_cosine",
     "positive_pair_accuracy",
 ]
 
@@ -396,6 +399,61 @@ def vicreg(
         + var_weight * terms["variance"]
         + cov_weight * terms["covariance"]
     )
+
+
+# --------------------------------------------------------------------------- predictor / target
+
+
+def _mean_target_cosine(fn: str, prediction: ArrayLike, target: ArrayLike, axis_name: str | None) -> Array:
+    """Mean over the global batch of ``cos(prediction_i, stop_gradient(target_i))``, in float32."""
+    n, _ = _check_pair(fn, "prediction", prediction, "target", target)
+    _, devices = sharding.axis_index_and_size(axis_name)
+    p = _l2_normalize(prediction)
+    z = _l2_normalize(lax.stop_gradient(target))
+    cosine = jnp.sum(p * z, axis=-1)  # [n]
+    return _global_mean(jnp.sum(cosine), n * devices, axis_name)
+
+
+def byol(prediction: ArrayLike, target: ArrayLike, *, axis_name: str | None = None) -> Array:
+    """BYOL's regression loss (Grill et al., 2020, eq. 2), one direction.
+
+    Both arrays are L2-normalized (``x / max(||x||, 1e-12)``) and the loss is the mean over the
+    global batch of the squared distance between them,
+    ``||q_i/||q_i|| - z_i/||z_i|| ||^2 = 2 - 2 * <q_i, z_i> / (||q_i|| ||z_i||)``.
+    ``target`` passes through ``jax.lax.stop_gradient``: the target network's projection is never
+    differentiated, and its gradient here is exactly zero. BYOL symmetrizes by adding the term
+    with the views swapped, ``byol(q1, z2') + byol(q2, z1')``; that sum belongs to the trainer.
+
+    Args:
+      prediction: the online network's predictor output ``q``, ``[batch, dim]``.
+      target: the target network's projection ``z'`` of the other view, ``[batch, dim]``; row i
+        pairs with ``prediction[i]``.
+      axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+
+    Returns:
+      float32 scalar in [0, 4]; 0 when every prediction points along its target.
+    """
+    return 2.0 - 2.0 * _mean_target_cosine("byol", prediction, target, axis_name)
+
+
+def negative_cosine(prediction: ArrayLike, target: ArrayLike, *, axis_name: str | None = None) -> Array:
+    """SimSiam's negative cosine similarity ``D(p, stopgrad(z))`` (Chen & He, 2021, eq. 1-3).
+
+    ``D(p, z) = -(p / ||p||_2) . (z / ||z||_2)``, averaged over the global batch, with
+    ``jax.lax.stop_gradient`` on ``target`` (SimSiam's stop-gradient; its gradient here is
+    exactly zero). One direction: SimSiam's loss is
+    ``negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2``, formed by the trainer.
+
+    Args:
+      prediction: the predictor output ``p``, ``[batch, dim]``.
+      target: the other view's projection ``z``, ``[batch, dim]``; row i pairs with
+        ``prediction[i]``.
+      axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+
+    Returns:
+      float32 scalar in [-1, 1]; -1 when every prediction points along its target.
+    """
+    return -_mean_target_cosine("negative_cosine", prediction, target, axis_name)
 
 
 # --------------------------------------------------------------------------- metrics

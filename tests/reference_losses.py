@@ -111,6 +111,26 @@ def vicreg(z1, z2, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weigh
     return sim_weight * invariance + var_weight * var_term + cov_weight * cov_term
 
 
+def byol(prediction, target) -> float:
+    """BYOL (Grill et al. 2020, eq. 2): ||q_i/||q_i|| - z_i/||z_i|| ||_2^2, mean over the batch."""
+    q, z = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
+    total = 0.0
+    for i in range(q.shape[0]):
+        q_bar = q[i] / np.sqrt(np.sum(q[i] ** 2))
+        z_bar = z[i] / np.sqrt(np.sum(z[i] ** 2))
+        total += np.sum((q_bar - z_bar) ** 2)
+    return total / q.shape[0]
+
+
+def negative_cosine(prediction, target) -> float:
+    """SimSiam (Chen & He 2021, eq. 1): D(p, z) = -p/||p||_2 . z/||z||_2, mean over the batch."""
+    p, z = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
+    total = 0.0
+    for i in range(p.shape[0]):
+        total -= np.dot(p[i], z[i]) / (np.linalg.norm(p[i]) * np.linalg.norm(z[i]))
+    return total / p.shape[0]
+
+
 def positive_pair_accuracy(query, key) -> float:
     q, k = normalize(query), normalize(key)
     hits = [int(np.argmax([q[i] @ k[j] for j in range(k.shape[0])]) == i) for i in range(q.shape[0])]

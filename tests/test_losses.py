@@ -33,6 +33,7 @@ class Case:
     fn: Callable[..., jax.Array]  # fn(z1, z2, axis_name=...) -> scalar
     reference: Callable[..., float]  # reference(z1, z2) -> float
     normalized: bool  # invariant to rescaling each embedding
+    stops_target_gradient: bool = False  # the second argument goes through stop_gradient
 
 
 _NEGATIVES = np.random.default_rng(123).normal(size=(5, 6))
@@ -85,6 +86,20 @@ CASES = [
         ),
         lambda a, b: ref.vicreg(a, b, 2.0, 3.0, 0.5),
         normalized=False,
+    ),
+    Case(
+        "byol",
+        lambda a, b, axis_name=None: losses.byol(a, b, axis_name=axis_name),
+        ref.byol,
+        normalized=True,
+        stops_target_gradient=True,
+    ),
+    Case(
+        "negative_cosine",
+        lambda a, b, axis_name=None: losses.negative_cosine(a, b, axis_name=axis_name),
+        ref.negative_cosine,
+        normalized=True,
+        stops_target_gradient=True,
     ),
 ]
 CASE_IDS = [c.name for c in CASES]
@@ -144,6 +159,22 @@ def test_barlow_twins_and_vicreg_terms_add_up():
     np.testing.assert_allclose(float(vr["covariance"]), ref.vicreg(z1, z2, 0, 0, 1), rtol=1e-5)
 
 
+@pytest.mark.parametrize("fn, identical", [(losses.byol, 0.0), (losses.negative_cosine, -1.0)], ids=["byol", "negative_cosine"])
+def test_prediction_equal_to_target_is_the_minimum(fn, identical):
+    z, _ = pair(seed=20)
+    np.testing.assert_allclose(float(fn(z, z)), identical, atol=1e-6)
+    # Each row rescaled: only directions count.
+    scales = np.random.default_rng(2).uniform(0.1, 50.0, size=(z.shape[0], 1)).astype(np.float32)
+    np.testing.assert_allclose(float(fn(z * scales, z)), identical, atol=1e-6)
+
+
+def test_byol_is_two_plus_twice_negative_cosine():
+    z1, z2 = pair(seed=21)
+    np.testing.assert_allclose(
+        float(losses.byol(z1, z2)), float(2 + 2 * losses.negative_cosine(z1, z2)), rtol=1e-6
+    )
+
+
 def test_positive_pair_accuracy_on_a_hand_made_case():
     query = np.eye(4, dtype=np.float32)
     key = np.eye(4, dtype=np.float32)[[0, 1, 3, 2]]  # rows 2 and 3 swapped: half are right
@@ -175,8 +206,11 @@ def test_gradients_match_finite_differences_of_the_reference(case):
         z1, z2 = pair(batch=5, dim=6, seed=7)
     g1, g2 = jax.grad(case.fn, argnums=(0, 1))(z1, z2)
     fd1 = _fd_gradient(lambda x: case.reference(x, z2), z1)
-    fd2 = _fd_gradient(lambda x: case.reference(z1, x), z2)
     np.testing.assert_allclose(np.asarray(g1), fd1, rtol=1e-3, atol=2e-5)
+    if case.stops_target_gradient:  # BYOL's target network / SimSiam's stop-gradient branch
+        assert np.all(np.asarray(g2) == 0.0)
+        return
+    fd2 = _fd_gradient(lambda x: case.reference(z1, x), z2)
     np.testing.assert_allclose(np.asarray(g2), fd2, rtol=1e-3, atol=2e-5)
 
 
@@ -412,5 +446,9 @@ def test_errors_name_the_argument_and_raise_at_trace_time():
         losses.nt_xent(jnp.ones((4, 3)), jnp.ones((4, 3)), temperature=0.0)
     with pytest.raises(ValueError, match=r"at least 2"):
         losses.vicreg(jnp.ones((1, 3)), jnp.ones((1, 3)))
+    with pytest.raises(ValueError, match=r"byol: `target`.*\(4, 3, 1\)"):
+        jax.jit(losses.byol).lower(jnp.zeros((4, 3)), jnp.zeros((4, 3, 1)))
+    with pytest.raises(ValueError, match=r"negative_cosine: `prediction`.*\(3,\)"):
+        losses.negative_cosine(jnp.zeros((3,)), jnp.zeros((4, 3)))
     with pytest.raises(TypeError, match=r"`z1`.*int32"):
         losses.barlow_twins(jnp.ones((4, 3), jnp.int32), jnp.ones((4, 3), jnp.int32))
