@@ -109,7 +109,7 @@ def run_config(run: str, args, settings: dict):
 
 
 def evaluate_run(workdir: Path, settings: dict, args, has_text: bool) -> dict:
-    from mmssl_jax import config_base, evaluate
+    from mmssl_jax import config_base, evaluation
 
     results = {}
     for label, dataset, label_key in settings["probes"]:
@@ -124,7 +124,7 @@ def evaluate_run(workdir: Path, settings: dict, args, has_text: bool) -> dict:
         ec.eval.classification.max_train = settings["max_train"]
         ec.eval.classification.name = label
         ec.eval.image_size = args.image_size
-        metrics = evaluate.evaluate_checkpoint(ec, workdir / f"eval_{label}")
+        metrics = evaluation.evaluate_checkpoint(ec, workdir / f"eval_{label}")
         results[label] = {k.split(f"eval/{label}/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"eval/{label}/")}
     if has_text:
         dataset, split = settings["retrieval"]
@@ -138,7 +138,7 @@ def evaluate_run(workdir: Path, settings: dict, args, has_text: bool) -> dict:
         ec.eval.ablations = args.data == "embedded"
         ec.eval.classification.label_key = "label"
         ec.eval.image_size = args.image_size
-        metrics = evaluate.evaluate_checkpoint(ec, workdir / "eval_retrieval")
+        metrics = evaluation.evaluate_checkpoint(ec, workdir / "eval_retrieval")
         results["retrieval"] = {k.split("eval/retrieval/", 1)[1]: v for k, v in metrics.items()
                                 if k.startswith("eval/retrieval/")}
     return results

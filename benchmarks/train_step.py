@@ -1,7 +1,7 @@
 """Train-step throughput and MFU: the trainer's own jitted update step, end to end.
 
 What runs is exactly what ``mmssl_jax.train.train_and_evaluate`` runs each step, built with the
-same functions: ``train.build_model``, ``train.make_optimizer``, ``train._init_state`` (jitted,
+same functions: ``models.build_model``, ``optim.make_optimizer``, ``train._init_state`` (jitted,
 output replicated on the mesh) and ``train.make_train_step`` jitted with the trainer's
 shardings and the state donated. So a step here is: the device half of the augmentation
 (colour ops on the ``uint8`` views), forward and backward of every view through encoder and
@@ -75,8 +75,9 @@ import optax
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from mmssl_jax import sharding, train  # noqa: E402
-from mmssl_jax.data import pipeline  # noqa: E402
+from mmssl_jax import optim, sharding, train  # noqa: E402
+from mmssl_jax.data import inputs, pipeline  # noqa: E402
+from mmssl_jax.models import build_model  # noqa: E402
 
 import bench_common  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
@@ -286,15 +287,15 @@ def bench(name: str, dtype: str, batch: int, warmup: int, steps: int, peak_overr
     config = load_config(workload, batch, dtype)
     mesh = sharding.make_mesh()
     replicated = sharding.replicated(mesh)
-    image_views = train._augment_configs(config)
+    image_views = inputs.augment_configs(config)
 
     # Model, optimizer and state, built the way train_and_evaluate builds them.
     host = synthetic_batch(config, batch)
-    model = train.build_model(config)
+    model = build_model(config)
     example = {k: jnp.asarray(v[:2]) for k, v in host.items()}
     example = pipeline.device_augment(example, jax.random.key(0), image_views)
     params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), example, train=False))["params"]
-    tx, schedule = train.make_optimizer(config, params_shape, config.num_steps)
+    tx, schedule = optim.make_optimizer(config, params_shape, config.num_steps)
     start = time.perf_counter()
     init = jax.jit(functools.partial(train._init_state, model, tx, config), out_shardings=replicated)
     state = jax.block_until_ready(init(example, jax.random.PRNGKey(config.seed)))

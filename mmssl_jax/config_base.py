@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def eval_config(protocols: tuple[str, ...] = ("linear_probe", "knn")) -> ml_collections.ConfigDict:
-    """Evaluation settings (mmssl_jax.evaluate), used during training and by configs/linear_probe.py."""
+    """Evaluation settings (mmssl_jax.evaluation), used during training and by configs/linear_probe.py."""
     e = ml_collections.ConfigDict()
     e.every = 0  # Steps between evaluations during training; 0: only after the last step.
     # Any of "linear_probe", "knn" (image encoder h), "zero_shot", "retrieval" (joint space z,
@@ -79,8 +79,8 @@ def eval_config(protocols: tuple[str, ...] = ("linear_probe", "knn")) -> ml_coll
     e.batch_size = 256  # Global batch of the feature extraction.
     e.cache_mb = 1024  # Keep decoded evaluation images in memory up to this size.
     e.text_model = "all-MiniLM-L6-v2"  # Sentence model for zero-shot prompts, unless the dataset names its own.
-    e.templates = ()  # Zero-shot prompt templates with "{}" for the class name; (): evaluate.ZERO_SHOT_TEMPLATES.
-    e.probe_l2 = ()  # L2 strengths the linear probe chooses from; (): evaluate.DEFAULT_L2_GRID (1e-6 .. 1).
+    e.templates = ()  # Zero-shot prompt templates with "{}" for the class name; (): evaluation.ZERO_SHOT_TEMPLATES.
+    e.probe_l2 = ()  # L2 strengths the linear probe chooses from; (): evaluation.DEFAULT_L2_GRID (1e-6 .. 1).
     e.probe_iters = 300  # L-BFGS iterations of each probe fit.
     e.knn_k = (20, 200)  # Neighbour counts of the kNN classifier (InstDisc).
     e.knn_temperature = 0.07  # Temperature of the kNN vote weights exp(sim / T).

@@ -49,7 +49,7 @@ def _default_workdir(config_path: str) -> str:
 class _QuietLibraries(std_logging.Filter):
     """Drops INFO chatter of checkpointing internals; their warnings and errors still show."""
 
-    NOISY = ("/orbax/", "/etils/", "/tensorflow_datasets/")
+    NOISY = ("/orbax/", "/etils/", "/tensorflow_datasets/", "/jax/_src/xla_bridge.py")
 
     def filter(self, record) -> bool:
         return record.levelno >= 30 or not any(part in record.pathname for part in self.NOISY)
@@ -77,10 +77,10 @@ def main(argv: list[str]) -> None:
                  jax.device_count(), jax.devices()[0].device_kind)
     config = _CONFIG.value
     if config.get("mode") == "evaluate":  # configs/linear_probe.py: evaluate a checkpoint
-        from mmssl_jax import evaluate
+        from mmssl_jax import evaluation
 
         try:
-            evaluate.evaluate_checkpoint(config, _WORKDIR.value)
+            evaluation.evaluate_checkpoint(config, _WORKDIR.value)
         except (FileNotFoundError, ValueError) as e:  # no checkpoint, another model, a bad eval setting
             sys.exit(f"Error: {e}")
         return

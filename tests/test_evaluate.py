@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmssl_jax import evaluate, sharding
+from mmssl_jax import evaluation, sharding
+from mmssl_jax.data import augment
 from mmssl_jax.models.multiview import MultiViewModel
 
 # ----------------------------------------------------------------------------- linear probe
@@ -27,31 +28,31 @@ def test_linear_probe_is_near_perfect_on_linearly_separable_features():
     w = rng.standard_normal((20, 4))
     x = rng.standard_normal((600, 20)).astype(np.float32)
     y = (x @ w).argmax(1)
-    out = evaluate.linear_probe(x, y, x, y, l2_grid=(1e-6,), iters=300)
+    out = evaluation.linear_probe(x, y, x, y, l2_grid=(1e-6,), iters=300)
     assert out["top1"] >= 0.99, out
     # Separated clusters: held-out rows too; the chosen strength is from the grid.
     centers = 4 * rng.standard_normal((5, 20))
     y = rng.integers(0, 5, 1000)
     x = (centers[y] + rng.standard_normal((1000, 20))).astype(np.float32)
-    out = evaluate.linear_probe(x[:700], y[:700], x[700:], y[700:], iters=200)
+    out = evaluation.linear_probe(x[:700], y[:700], x[700:], y[700:], iters=200)
     assert out["top1"] >= 0.99 and out["val_top1"] >= 0.99, out
-    assert np.isclose(out["l2"], evaluate.DEFAULT_L2_GRID).any()
+    assert np.isclose(out["l2"], evaluation.DEFAULT_L2_GRID).any()
 
 
 def test_linear_probe_is_at_chance_on_random_labels():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1600, 32)).astype(np.float32)
     y = rng.integers(0, 4, 1600)
-    out = evaluate.linear_probe(x[:800], y[:800], x[800:], y[800:], iters=100)
+    out = evaluation.linear_probe(x[:800], y[:800], x[800:], y[800:], iters=100)
     assert abs(out["top1"] - 0.25) < 0.07, out  # chance is 1/4; 800 test rows: std 0.015
 
 
 def test_linear_probe_reports_top5_only_with_more_than_five_classes():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((300, 8)).astype(np.float32)
-    assert "top5" not in evaluate.linear_probe(x[:200], rng.integers(0, 3, 200), x[200:], rng.integers(0, 3, 100),
+    assert "top5" not in evaluation.linear_probe(x[:200], rng.integers(0, 3, 200), x[200:], rng.integers(0, 3, 100),
                                                iters=20)
-    out = evaluate.linear_probe(x[:200], rng.integers(0, 8, 200), x[200:], rng.integers(0, 8, 100), iters=20)
+    out = evaluation.linear_probe(x[:200], rng.integers(0, 8, 200), x[200:], rng.integers(0, 8, 100), iters=20)
     assert out["top5"] >= out["top1"]
 
 
@@ -66,9 +67,9 @@ def test_protocols_refuse_bad_input_naming_it(bad, match):
     args = dict(train_x=np.ones((10, 3)), train_y=np.arange(10) % 2, test_x=np.ones((4, 3)), test_y=np.arange(4) % 2)
     args.update(bad)
     with pytest.raises(ValueError, match=match):
-        evaluate.linear_probe(**args, iters=2)
+        evaluation.linear_probe(**args, iters=2)
     with pytest.raises(ValueError, match=match):
-        evaluate.knn_classify(**args)
+        evaluation.knn_classify(**args)
 
 
 # ----------------------------------------------------------------------------- kNN
@@ -90,12 +91,12 @@ QUERY = np.array([[0.96, 0.28]], np.float32)
 ])
 def test_knn_matches_the_hand_computed_weighted_vote(k, temperature, predicted):
     for label, expected in ((predicted, 1.0), (1 - predicted, 0.0)):
-        out = evaluate.knn_classify(TRAIN, TRAIN_Y, QUERY, np.array([label]), ks=(k,), temperature=temperature)
+        out = evaluation.knn_classify(TRAIN, TRAIN_Y, QUERY, np.array([label]), ks=(k,), temperature=temperature)
         assert out[f"k{k}_top1"] == expected
 
 
 def test_knn_is_scale_invariant_and_clips_k_to_the_training_set():
-    out = evaluate.knn_classify(TRAIN * 5, TRAIN_Y, QUERY * 0.1, np.array([0]), ks=(1, 200), temperature=0.07)
+    out = evaluation.knn_classify(TRAIN * 5, TRAIN_Y, QUERY * 0.1, np.array([0]), ks=(1, 200), temperature=0.07)
     assert out == {"k1_top1": 1.0, "k200_top1": 1.0}
 
 
@@ -111,20 +112,20 @@ def test_retrieval_recall_matches_hand_computed_rankings():
     # image 0 (0.0): rank 2; t2 ranks image 1 first; t3 sees image 0 (0.8) above image 2 (0.6): rank 1.
     # image -> text: image 0 finds t0 (1.0) first; image 1 finds t2 (0.8) first; image 2's t3 (0.6)
     # is beaten by t1 (0.8): rank 1.
-    out = evaluate.retrieval_recall(IMAGES, TEXTS, OWNER, ks=(1, 2, 3))
+    out = evaluation.retrieval_recall(IMAGES, TEXTS, OWNER, ks=(1, 2, 3))
     assert out == {"i2t_r@1": 2 / 3, "t2i_r@1": 2 / 4, "i2t_r@2": 1.0, "t2i_r@2": 3 / 4,
                    "i2t_r@3": 1.0, "t2i_r@3": 1.0}
 
 
 def test_retrieval_counts_ties_against_the_query():
     same = np.ones((4, 3), np.float32)  # every caption identical: nothing can be retrieved
-    out = evaluate.retrieval_recall(IMAGES, same, OWNER, ks=(1,))
+    out = evaluation.retrieval_recall(IMAGES, same, OWNER, ks=(1,))
     assert out == {"i2t_r@1": 0.0, "t2i_r@1": 0.0}
 
 
 def test_retrieval_refuses_captions_of_missing_images():
     with pytest.raises(ValueError, match="image 5 of 3"):
-        evaluate.retrieval_recall(IMAGES, TEXTS, np.array([0, 1, 2, 5]))
+        evaluation.retrieval_recall(IMAGES, TEXTS, np.array([0, 1, 2, 5]))
 
 
 # ----------------------------------------------------------------------------- zero-shot
@@ -135,8 +136,8 @@ def test_zero_shot_picks_the_nearest_class_embedding():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 50)
     images = classes[labels] * 3 + 0.1 * rng.standard_normal((50, 4)).astype(np.float32)
-    assert evaluate.zero_shot_classify(images, classes, labels) == {"top1": 1.0}
-    assert evaluate.zero_shot_classify(images, classes, (labels + 1) % 4) == {"top1": 0.0}
+    assert evaluation.zero_shot_classify(images, classes, labels) == {"top1": 1.0}
+    assert evaluation.zero_shot_classify(images, classes, (labels + 1) % 4) == {"top1": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +153,14 @@ def test_zero_shot_with_real_prompts_through_the_text_branch(minilm):
     names = ["cat", "airplane", "bicycle", "pizza"]
     captions = ["a cat sleeps on a sofa", "a jet airliner taking off from the runway",
                 "a man rides his bike down the street", "a slice of pepperoni pizza on a plate"]
-    prompts = evaluate.class_prompt_embeddings(names, minilm)
-    assert prompts.shape == (4, len(evaluate.ZERO_SHOT_TEMPLATES), 384)
+    prompts = evaluation.class_prompt_embeddings(names, minilm)
+    assert prompts.shape == (4, len(evaluation.ZERO_SHOT_TEMPLATES), 384)
     model = MultiViewModel(view_modality=(("text", "text"),), encoders={}, heads={})
-    frozen = evaluate.FrozenModel(model, sharding.make_mesh())
-    classes = evaluate.class_embeddings(frozen, {"params": {}}, prompts)
+    frozen = evaluation.FrozenModel(model, sharding.make_mesh())
+    classes = evaluation.class_embeddings(frozen, {"params": {}}, prompts)
     np.testing.assert_allclose(np.linalg.norm(classes, axis=1), 1.0, rtol=1e-5)
     images = minilm.encode(captions)
-    assert evaluate.zero_shot_classify(images, classes, np.arange(4))["top1"] == 1.0
+    assert evaluation.zero_shot_classify(images, classes, np.arange(4))["top1"] == 1.0
 
 
 # ----------------------------------------------------------------------------- ablations
@@ -168,23 +169,23 @@ def test_zero_shot_with_real_prompts_through_the_text_branch(minilm):
 def test_caption_ablations():
     rng = np.random.default_rng(12345)
     emb = rng.standard_normal((50, 16)).astype(np.float32) * 2
-    np.testing.assert_array_equal(evaluate.ablate_captions(emb, "captions"), emb)
-    assert not evaluate.ablate_captions(emb, "removed").any()
-    shuffled = evaluate.ablate_captions(emb, "shuffled", seed=3)
+    np.testing.assert_array_equal(evaluation.ablate_captions(emb, "captions"), emb)
+    assert not evaluation.ablate_captions(emb, "removed").any()
+    shuffled = evaluation.ablate_captions(emb, "shuffled", seed=3)
     assert not (shuffled == emb).all(1).any()  # no image keeps its caption
     np.testing.assert_array_equal(np.sort(shuffled, axis=0), np.sort(emb, axis=0))  # same captions
-    noise = evaluate.ablate_captions(emb, "noise")
+    noise = evaluation.ablate_captions(emb, "noise")
     np.testing.assert_allclose(np.linalg.norm(noise, axis=1), np.linalg.norm(emb, axis=1), rtol=1e-5)
     cosine = np.sum(noise * emb, 1) / np.linalg.norm(emb, axis=1) ** 2
     assert abs(cosine.mean()) < 0.15  # unrelated to the captions (std of the mean: 0.035)
     with pytest.raises(ValueError, match="unknown caption ablation 'blur'"):
-        evaluate.ablate_captions(emb, "blur")
+        evaluation.ablate_captions(emb, "blur")
 
 
 def test_drop_modality_zeroes_whole_samples_at_the_rate():
     x = jax.numpy.ones((4000, 3, 2))
-    assert evaluate.drop_modality(x, jax.random.key(0), 0.0) is x
-    dropped = np.asarray(evaluate.drop_modality(x, jax.random.key(0), 0.3))
+    assert augment.drop_modality(x, jax.random.key(0), 0.0) is x
+    dropped = np.asarray(augment.drop_modality(x, jax.random.key(0), 0.3))
     per_sample = dropped.reshape(4000, -1)
     assert set(np.unique(per_sample.sum(1))) <= {0.0, 6.0}  # all or nothing per sample
     assert abs((per_sample.sum(1) == 0).mean() - 0.3) < 0.03
@@ -214,8 +215,8 @@ def test_image_features_are_sharded_padded_and_in_order():
     variables = model.init(jax.random.key(0), {"image": images[:2].astype(np.float32)}, train=False)
     mesh = sharding.make_mesh()
     assert mesh.devices.size == 8
-    frozen = evaluate.FrozenModel(model, mesh)
-    feats = evaluate.ImageSet(records, image_size=8, batch_size=16, keep=("label",)).features(frozen, variables)
+    frozen = evaluation.FrozenModel(model, mesh)
+    feats = evaluation.ImageSet(records, image_size=8, batch_size=16, keep=("label",)).features(frozen, variables)
     expected_rows = np.delete(np.arange(37), 5)
     np.testing.assert_array_equal(feats["index"], expected_rows)
     np.testing.assert_array_equal(feats["label"], expected_rows % 3)
@@ -238,11 +239,13 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip_run(data_dir, tmp_path_factory):
-    """A 3-step CLIP run that evaluates every protocol (and the ablations) at steps 2 and 3."""
+    """A 3-step CLIP run that evaluates every protocol (and the ablations) at steps 2 and 3; it logs
+    at step 3 only, so the evaluation of step 2 is not on a log step."""
     from mmssl_jax import train
     from tests.test_train import load_config, tiny
 
     config = tiny(load_config("clip"), data_dir, steps=3)
+    config.log_every = 3
     config.checkpoint_every = 2
     config.modality_dropout = {"text": 0.25}
     config.eval.protocols = ("linear_probe", "knn", "zero_shot", "retrieval")
@@ -268,6 +271,12 @@ def test_training_evaluates_every_protocol_and_the_ablations(clip_run):
     assert summary["eval/mmssl_shapes/knn/k20_top1"] == metrics["eval/mmssl_shapes/knn/k20_top1"]
     # Removed captions are one constant input: image->text retrieval finds nothing.
     assert metrics["eval/mmssl_shapes/ablation/removed/retrieval/i2t_r@1"] == 0.0
+    # history.json: each row holds its own step's values, an evaluation off a log step its own row.
+    rows = json.loads((workdir / "history.json").read_text())
+    assert [step for step, _ in rows] == [2, 3]
+    assert "loss" not in rows[0][1] and rows[0][1]["eval/mmssl_shapes/knn/k20_top1"] == history["2"][
+        "eval/mmssl_shapes/knn/k20_top1"]
+    assert "loss" in rows[1][1] and rows[1][1]["eval/mmssl_shapes/knn/k20_top1"] == metrics["eval/mmssl_shapes/knn/k20_top1"]
 
 
 @pytest.mark.xdist_group("trained_checkpoint")
@@ -279,7 +288,7 @@ def test_a_checkpoint_evaluates_on_its_own(clip_run, data_dir, tmp_path):
     config.checkpoint_dir = str(workdir)
     config.eval.protocols = ("knn",)
     config.eval.classification.max_train = 96
-    metrics = evaluate.evaluate_checkpoint(config, tmp_path)
+    metrics = evaluation.evaluate_checkpoint(config, tmp_path)
     # The same parameters and data as the in-training evaluation of the last step.
     assert metrics["eval/mmssl_shapes/knn/k20_top1"] == summary["eval/mmssl_shapes/knn/k20_top1"]
     assert "3" in json.loads((tmp_path / "eval_summary.json").read_text())
@@ -293,16 +302,16 @@ def test_a_checkpoint_of_another_model_fails_naming_the_difference(clip_run, tmp
     config = load_config("linear_probe", "simclr")
     config.checkpoint_dir = str(workdir)
     differ = r"different model .*simclr.*differ in encoders, heads, learned_scalars, views: "
-    with pytest.raises(evaluate.CheckpointMismatchError, match=differ):
-        evaluate.evaluate_checkpoint(config, tmp_path)
+    with pytest.raises(evaluation.CheckpointMismatchError, match=differ):
+        evaluation.evaluate_checkpoint(config, tmp_path)
     config.checkpoint_dir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
-        evaluate.evaluate_checkpoint(config, tmp_path)
+        evaluation.evaluate_checkpoint(config, tmp_path)
     config = load_config("linear_probe")
     config.checkpoint_dir = str(workdir)
     config.step = 1
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 1; it has \[2, 3\]"):
-        evaluate.evaluate_checkpoint(config, tmp_path)
+        evaluation.evaluate_checkpoint(config, tmp_path)
 
 
 @pytest.mark.xdist_group("trained_checkpoint")

@@ -65,7 +65,7 @@ def tiny(config, data_dir: str, steps: int = 6):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_every_config_trains_with_a_falling_loss(name, data_dir, tmp_path):
+def test_every_config_trains_with_a_falling_loss(name, data_dir, tmp_path, capsys):
     """Each method, with its own optimizer, lowers its objective on 16 images within 20 steps.
 
     The image views use the gentle ``clip_crop`` preset here: with the full SimCLR views a
@@ -78,6 +78,10 @@ def test_every_config_trains_with_a_falling_loss(name, data_dir, tmp_path):
         if view.modality == "image":
             view.augment = "clip_crop"
     summary = train.train_and_evaluate(config, tmp_path)
+    # The console: one short line per log step (every step here) and the final summary line.
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 21 and lines[0].startswith("step  1/20  loss ") and "ETA" in lines[0], lines[:2]
+    assert lines[-1].startswith(f"Finished {config.method} at step 20: loss ") and max(map(len, lines)) < 200
     history = json.loads((tmp_path / "history.json").read_text())
     losses = [m["loss"] for _, m in history]
     assert len(losses) == 20 and all(np.isfinite(losses))

@@ -1,0 +1,59 @@
+"""The training input a config describes: the prepared split, the views' augmentations, the stream."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+
+from mmssl_jax.data import augment, pipeline
+
+
+def augment_configs(config) -> dict[str, augment.AugmentConfig]:
+    """Image view name -> the augmentation its preset (``config.views.NAME.augment``) builds."""
+    views = {}
+    for name, view in config.views.items():
+        if view.modality == "image":
+            preset = view.get("augment", "simclr_imagenet")
+            if preset not in augment.PRESETS:
+                raise ValueError(
+                    f"config.views.{name}.augment: unknown preset {preset!r}; known: {sorted(augment.PRESETS)}"
+                )
+            views[name] = augment.PRESETS[preset](config.input.image_size)
+    return views
+
+
+def text_views(config) -> list[str]:
+    """Names of the text views (caption embeddings drawn per ``input.caption_mode``)."""
+    return sorted(name for name, view in config.views.items() if view.modality == "text")
+
+
+def train_source(config) -> Sequence[Mapping[str, Any]]:
+    """The prepared training split (image bytes are decoded by the pipeline's workers).
+
+    The embedded default dataset is prepared on first use when ``input.prepare_if_missing``;
+    any other unprepared dataset raises an error that gives the command preparing it.
+    """
+    from mmssl_jax.data import builders
+
+    return builders.load_source(
+        config.input.name,
+        config.input.split,
+        data_dir=config.input.data_dir or None,
+        prepare_if_missing=config.input.get("prepare_if_missing", False),
+    )
+
+
+def make_input(config, source, *, seed: int):
+    """The per-process training stream for a config (see ``mmssl_jax.data.pipeline``)."""
+    per_process = config.input.batch_size // jax.process_count()
+    return pipeline.train_dataset(
+        source,
+        batch_size=per_process,
+        seed=seed,
+        image_views=augment_configs(config),
+        text_views=text_views(config),
+        caption_mode=config.input.get("caption_mode", "random"),
+        worker_count=config.input.get("worker_count", 0),
+    )
