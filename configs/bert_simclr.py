@@ -28,6 +28,7 @@ def get_config(arg: str = ""):
         "text": cb.module("text_mlp", hidden_dim=256, out_dim=64, num_layers=2),
     }
     c.learned_scalars = {"logit_scale": math.log(1 / 0.07)}
+    c.max_logit_scale = math.log(100.0)  # as CLIP
     c.loss_terms = [
         cb.term("image1", "image2", "nt_xent", temperature=0.2),
         cb.term("image1", "text", "clip", weight=0.5, logit_scale="learned:logit_scale"),
@@ -51,12 +52,13 @@ def get_config(arg: str = ""):
         c.heads.text = cb.module("text_mlp", hidden_dim=1024, out_dim=128, num_layers=2)
         c.num_steps = 0
         c.num_epochs = 100
-        c.optimizer.warmup_steps = 10 * (118_287 // 1024)
+        cb.set_warmup(c, epochs=10)
         # The original experiment: linear probe on CIFAR-10 (prepare cifar10_npz), and retrieval.
         c.eval.protocols = ("linear_probe", "retrieval")
         c.eval.classification.dataset = "cifar10_npz"
         c.eval.classification.max_train = 0
-        c.eval.retrieval.split = "val"
+        c.eval.retrieval.split = "val"  # val2017 (5,000 images), not the Karpathy 5k test split
+        c.eval.center_crop_fraction = 0.875  # COCO at 224 px (CIFAR-10's 32 px images are never cropped)
         c.log_every = 50
         c.checkpoint_every = 1000
     elif arg:

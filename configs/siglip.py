@@ -1,5 +1,6 @@
 r"""SigLIP: CLIP's towers with the pairwise sigmoid loss; learnable scale (init log 10) and bias
-(init -10, as the paper; log(1/batch) is the reasoned alternative at small batch).
+(init -10, as the paper; log(1/batch) is the reasoned alternative at small batch). The paper
+clamps neither (config.max_logit_scale stays inf: no clamp).
 
 Default (embedded data, 2-core CPU, a few minutes):
   python -m mmssl_jax.main --config=configs/siglip.py

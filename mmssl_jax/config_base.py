@@ -11,6 +11,10 @@ import math
 
 import ml_collections
 
+class ConfigError(ValueError):
+    """A config that cannot train; raised before any training step, naming the key."""
+
+
 EMBEDDED_DATASET = "mmssl_shapes"
 """The procedurally generated default dataset, prepared locally on first use (no download)."""
 
@@ -20,14 +24,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.method = ""  # Name shown in logs and the final summary line.
     c.seed = 0  # One seed for initialisation, shuffling, crops, caption draws and device augmentation.
     c.dtype = "float32"  # Compute dtype of encoders and heads ("bfloat16" on TPU/GPU); params stay float32.
-    c.num_steps = 0  # Training steps; 0 means num_epochs * steps_per_epoch.
-    c.num_epochs = 0  # Used when num_steps is 0.
-    c.accumulation_steps = 1  # Gradient accumulation (optax.MultiSteps): the effective batch is k times larger.
+    c.num_steps = 0  # Optimizer updates; 0 means num_epochs epochs.
+    c.num_epochs = 0  # Epochs (may be fractional), used when num_steps is 0.
+    # Gradient accumulation (optax.MultiSteps): one update averages the gradients of k micro-batches
+    # of input.batch_size; the LR scales with the batch per update and the schedule counts updates.
+    # Contrastive negatives and BatchNorm statistics stay per micro-batch (k = 1 is the real thing).
+    c.accumulation_steps = 1
     c.log_every = 10  # Steps between logged metrics (TensorBoard + console).
     c.checkpoint_every = 100  # Steps between checkpoints; the last step is always saved.
     c.keep_checkpoints = 3  # Checkpoints kept on disk.
     c.profile = False  # Capture a profiler trace of a few steps into the workdir.
-    c.max_logit_scale = math.log(100.0)  # CLIP's clamp of the learned inverse temperature.
+    # Upper clamp of a learned logit_scale after each update (CLIP: log 100); inf: no clamp (SigLIP).
+    c.max_logit_scale = math.inf
 
     c.input = ml_collections.ConfigDict()
     c.input.name = EMBEDDED_DATASET  # A prepared tfds dataset (python -m mmssl_jax.data.prepare NAME).
@@ -48,18 +56,40 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss_terms = []
     # Learnable scalars and their initial values (CLIP's logit_scale, SigLIP's logit_bias).
     c.learned_scalars = ml_collections.ConfigDict()
+    # Predictors by modality: the online branch's extra head (BYOL, SimSiam, MoCo v3), "p" outputs.
+    c.predictors = ml_collections.ConfigDict()
+    # A target branch (EMA of the online parameters) is config.ema = ema_config(...), read by
+    # loss-term sides "VIEW@momentum"; MoCo's queue is config.moco (queue_size, key_view).
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # "lars", "adamw" or "sgd".
     c.optimizer.learning_rate = 1e-3  # Base learning rate, scaled by lr_scaling.
-    c.optimizer.lr_scaling = "none"  # "linear": lr * batch / 256; "sqrt": lr * sqrt(batch); "none".
-    c.optimizer.warmup_steps = 20  # Linear warmup, then cosine decay to 0 at the last step.
-    c.optimizer.weight_decay = 1e-4  # Decoupled weight decay (never on biases, norms or scalars).
+    # "linear": lr * B / 256; "sqrt": lr * sqrt(B); "none". B is the batch per optimizer update.
+    c.optimizer.lr_scaling = "none"
+    # Linear warmup from 0, given in ONE unit (the others 0): optimizer updates, epochs, or a
+    # fraction of the run. It must end before the run does (refused otherwise).
+    c.optimizer.warmup_steps = 20
+    c.optimizer.warmup_epochs = 0.0
+    c.optimizer.warmup_fraction = 0.0
+    c.optimizer.end_lr_fraction = 0.0  # Cosine decays to this fraction of the peak (Barlow Twins: 0.001).
+    c.optimizer.step_lr_per_epoch = False  # Hold the LR within an epoch (MoCo v2 / SimSiam's per-epoch cosine).
+    # Weight decay: AdamW's is decoupled (times the LR, as torch.optim.AdamW); LARS and SGD add
+    # weight_decay * w to the gradient (L2). Never on rank <= 1 parameters unless decay_rank1.
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.decay_rank1 = False  # Decay biases and norm parameters too (MoCo v2, SimSiam: every parameter).
     c.optimizer.momentum = 0.9  # LARS / SGD momentum.
+    c.optimizer.nesterov = False  # Nesterov momentum (LARS / SGD).
+    c.optimizer.b1 = 0.9  # AdamW's first-moment decay.
+    c.optimizer.b2 = 0.999  # AdamW's second-moment decay (CLIP: 0.98).
+    c.optimizer.eps = 1e-8  # AdamW's epsilon (CLIP: 1e-6).
     c.optimizer.trust_coefficient = 1e-3  # LARS trust coefficient.
     c.optimizer.grad_clip_norm = 0.0  # Clip the global gradient norm (0: off).
     c.optimizer.no_decay = ()  # Extra regexes of parameter paths excluded from decay and LARS adaptation.
     c.optimizer.freeze = ()  # Regexes of parameter paths that are not trained.
+    # Parameter groups with their own learning rate: name -> {select: "rank<=1" or a regex of
+    # parameter paths, lr_multiplier: x the recipe's LR, constant_lr: no warmup or decay}; a
+    # parameter joins the first group that selects it, else "default" (see param_group()).
+    c.optimizer.groups = ml_collections.ConfigDict()
 
     # Robustness to a missing modality: modality -> fraction of samples whose input is zeroed
     # in training (e.g. {"text": 0.3}); evaluate it with eval.ablations ("removed" captions).
@@ -76,6 +106,9 @@ def eval_config(protocols: tuple[str, ...] = ("linear_probe", "knn")) -> ml_coll
     # models with a text branch); () evaluates nothing. CLI: --config.eval.protocols="('knn',)".
     e.protocols = protocols
     e.image_size = 0  # Evaluation image side (centre crop); 0: input.image_size.
+    # Centre crop of the evaluation images as a fraction of their shorter side (ImageNet recipes:
+    # 0.875); the embedded 64 px shapes are evaluated whole. Images of <= 32 px are never cropped.
+    e.center_crop_fraction = 1.0
     e.batch_size = 256  # Global batch of the feature extraction.
     e.cache_mb = 1024  # Keep decoded evaluation images in memory up to this size.
     e.text_model = "all-MiniLM-L6-v2"  # Sentence model for zero-shot prompts, unless the dataset names its own.
@@ -94,6 +127,7 @@ def eval_config(protocols: tuple[str, ...] = ("linear_probe", "knn")) -> ml_coll
     e.classification.max_train = 4000  # Use at most the first N of them (0: all).
     e.classification.test_split = "test"
     e.classification.name = ""  # Metric prefix; "" means the dataset name.
+    e.classification.representation = "h"  # Probe/kNN features: "h" (encoder output) or "z" (head output).
     # Captioned images for retrieval (image<->text R@1/5/10) and the caption ablations.
     e.retrieval = ml_collections.ConfigDict()
     e.retrieval.dataset = ""  # "" means input.name.
@@ -109,8 +143,53 @@ def imagenet_eval(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """ImageNet recipes: weighted kNN on the full training set, scored on the validation split
     (the linear probe is run on the final checkpoint with configs/linear_probe.py)."""
     c.eval.protocols = ("knn",)
+    c.eval.center_crop_fraction = 0.875  # resize 256, centre crop 224
     c.eval.classification.test_split = "validation"
     c.eval.classification.max_train = 0
+    return c
+
+
+def param_group(select: str, lr_multiplier: float = 1.0, constant_lr: bool = False) -> ml_collections.ConfigDict:
+    """One entry of ``optimizer.groups``: parameters ``select``-ed (``"rank<=1"`` or a path regex)."""
+    return ml_collections.ConfigDict({"select": select, "lr_multiplier": lr_multiplier, "constant_lr": constant_lr})
+
+
+def set_warmup(c: ml_collections.ConfigDict, *, steps: int = 0, epochs: float = 0.0, fraction: float = 0.0):
+    """Warmup in the unit the paper gives it (the other two units are zeroed)."""
+    c.optimizer.warmup_steps, c.optimizer.warmup_epochs, c.optimizer.warmup_fraction = steps, epochs, fraction
+    return c
+
+
+def ema_config(momentum: float, schedule: str = "constant") -> ml_collections.ConfigDict:
+    """A target branch: EMA of the online encoder + head, decay ``momentum`` per optimizer update,
+    ``schedule="cosine"`` raising it to 1 at the last update (BYOL, MoCo v3)."""
+    return ml_collections.ConfigDict({"momentum": momentum, "schedule": schedule})
+
+
+def two_image_views(c: ml_collections.ConfigDict, augment: str = "simclr_cifar") -> ml_collections.ConfigDict:
+    """Two augmented views of each image through one encoder: the embedded default's small
+    ResNet-18 (CIFAR stem, width 16) for 300 updates; the image methods start from this."""
+    c.views = {"image1": image_view(augment), "image2": image_view(augment)}
+    c.encoders = {"image": module("resnet18", cifar_stem=True, width=16)}
+    c.num_steps = 300
+    return c
+
+
+def imagenet_run(c: ml_collections.ConfigDict, *, batch_size: int, epochs: int,
+                 dtype: str = "bfloat16") -> ml_collections.ConfigDict:
+    """The ImageNet pretraining run of the image recipes: ResNet-50 on 224 px views of
+    imagenet2012, ``epochs`` epochs at a global ``batch_size``, kNN on the validation split."""
+    c.input.name = "imagenet2012"
+    imagenet_eval(c)
+    c.input.image_size = 224
+    c.input.batch_size = batch_size
+    c.input.worker_count = 32
+    c.dtype = dtype
+    c.encoders.image = module("resnet50")
+    c.num_steps = 0
+    c.num_epochs = epochs
+    c.log_every = 100
+    c.checkpoint_every = 2000
     return c
 
 
@@ -130,10 +209,15 @@ def term(a: str, b: str, loss: str, weight: float = 1.0, **kwargs) -> dict:
     return {"a": a, "b": b, "loss": loss, "weight": weight, "kwargs": kwargs}
 
 
+CLIP_WARMUP_FRACTION = 2000 / (32 * 400_000_000 // 32_768)
+"""CLIP's 2,000 warmup iterations of its 32 epochs x 400M pairs at batch 32,768 (390,625 updates)."""
+
+
 def image_text_towers(c: ml_collections.ConfigDict, recipe: str = "") -> ml_collections.ConfigDict:
     """The CLIP-style towers shared by CLIP and SigLIP: an image encoder + linear projection, and
     the text head on precomputed caption embeddings. ``recipe="coco"``: ViT-B/16 at 224 px,
-    bf16, AdamW as open_clip, on the prepared COCO captions."""
+    bf16, AdamW with CLIP's settings (lr 5e-4, b2 0.98, eps 1e-6, weight decay 0.2, warmup as the
+    same fraction of the run as CLIP's), on the prepared COCO captions."""
     c.views = {"image": image_view("clip_crop"), "text": text_view()}
     c.encoders = {"image": module("resnet18", cifar_stem=True, width=16), "text": module("none")}
     c.heads = {
@@ -144,8 +228,6 @@ def image_text_towers(c: ml_collections.ConfigDict, recipe: str = "") -> ml_coll
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 2e-3
     c.optimizer.weight_decay = 0.05
-    c.optimizer.b2 = 0.999  # AdamW's second-moment decay (CLIP: 0.98).
-    c.optimizer.eps = 1e-8  # AdamW's epsilon (CLIP: 1e-6).
     c.eval.protocols = ("linear_probe", "knn", "zero_shot", "retrieval")
     if recipe == "coco":
         c.input.name = "coco_captions_embedded"
@@ -162,10 +244,12 @@ def image_text_towers(c: ml_collections.ConfigDict, recipe: str = "") -> ml_coll
         c.optimizer.weight_decay = 0.2
         c.optimizer.b2 = 0.98
         c.optimizer.eps = 1e-6
-        c.optimizer.warmup_steps = 2000
+        set_warmup(c, fraction=CLIP_WARMUP_FRACTION)
         c.optimizer.grad_clip_norm = 1.0
-        c.eval.protocols = ("retrieval",)  # image<->text R@1/5/10 on the 5k val2017 images
+        # Image<->text R@1/5/10 on val2017 (its 5,000 images; not the Karpathy 5k test split).
+        c.eval.protocols = ("retrieval",)
         c.eval.retrieval.split = "val"
+        c.eval.center_crop_fraction = 0.875
         c.log_every = 50
         c.checkpoint_every = 1000
     elif recipe:

@@ -27,6 +27,10 @@ _WORKDIR = flags.DEFINE_string(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Print the recipe card, compile one training step, print its per-device memory and "
+    "FLOPs, and exit without training (the card is also written to <workdir>/recipe.md)."
+)
 
 
 def _multi_process_environment() -> bool:
@@ -85,7 +89,7 @@ def main(argv: list[str]) -> None:
             sys.exit(f"Error: {e}")
         return
     try:
-        train.train_and_evaluate(config, workdir)
+        train.train_and_evaluate(config, workdir, dry_run=_DRY_RUN.value)
     except train.ConfigError as e:
         sys.exit(f"Config error: {e}")
 

@@ -157,6 +157,12 @@ def save_history(workdir: Path, history: list) -> None:
         (Path(workdir) / "history.json").write_text(json.dumps(history))
 
 
+def write_text(path: Path, text: str) -> None:
+    """A text file in the workdir (process 0 only)."""
+    if jax.process_index() == 0:
+        Path(path).write_text(text)
+
+
 def write_summary(workdir: Path, summary: Mapping[str, Any]) -> None:
     if jax.process_index() == 0:
         (Path(workdir) / "summary.json").write_text(json.dumps(dict(summary), indent=1))

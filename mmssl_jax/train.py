@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mmssl_jax import checkpoints, evaluation, objectives, optim, reporting, sharding
+from mmssl_jax import checkpoints, evaluation, objectives, optim, recipe, reporting, sharding
 from mmssl_jax.data import augment, inputs, pipeline
 from mmssl_jax.models import MultiViewModel, build_model
 from mmssl_jax.validation import ConfigError, validate_config
@@ -47,14 +47,14 @@ _log = logging.getLogger(__name__)
 class TrainState:
     """Everything a step changes; all of it goes into every checkpoint."""
 
-    step: jax.Array
+    step: jax.Array  # micro-steps taken (optimizer updates x accumulation_steps)
     params: Any
     batch_stats: Any
     opt_state: Any
     rng: jax.Array  # raw uint32 key; the step's key is fold_in(rng, step)
-    momentum_params: Any = None  # MoCo: the key encoder, an EMA of params
+    momentum_params: Any = None  # the target branch (config.ema): an EMA of params
     momentum_batch_stats: Any = None
-    queue: jax.Array | None = None  # MoCo: [K, dim] negatives
+    queue: jax.Array | None = None  # MoCo v2: [K, dim] negatives (config.moco.queue_size)
     queue_ptr: jax.Array | None = None
 
 
@@ -64,15 +64,13 @@ def _init_state(model: MultiViewModel, tx, config, example_batch, rng: jax.Array
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     extra = {}
+    if config.get("ema") is not None:
+        extra.update(momentum_params=params, momentum_batch_stats=batch_stats)
     moco = config.get("moco")
     if moco is not None and moco.get("queue_size"):
-        dim = model.apply(variables, example_batch, train=False)["z"][moco.key_view].shape[-1]
-        queue = jax.random.normal(jax.random.fold_in(state_rng, 1), (moco.queue_size, dim))
-        queue = queue / jnp.linalg.norm(queue, axis=1, keepdims=True)
-        extra = dict(
-            momentum_params=params, momentum_batch_stats=batch_stats,
-            queue=queue, queue_ptr=jnp.zeros((), jnp.int32),
-        )
+        out = model.apply(variables, example_batch, train=False, views=[moco.key_view], predict=False)
+        queue = jax.random.normal(jax.random.fold_in(state_rng, 1), (moco.queue_size, out["z"][moco.key_view].shape[-1]))
+        extra.update(queue=queue / jnp.linalg.norm(queue, axis=1, keepdims=True), queue_ptr=jnp.zeros((), jnp.int32))
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
         opt_state=tx.init(params), rng=state_rng, **extra,
@@ -82,19 +80,32 @@ def _init_state(model: MultiViewModel, tx, config, example_batch, rng: jax.Array
 # ----------------------------------------------------------------------------- update step
 
 
-def make_train_step(model: MultiViewModel, tx, schedule, config):
-    """``(state, batch) -> (state, metrics)``; jit it with the state donated."""
+def _ema(decay, old, new):
+    return jax.tree.map(lambda o, n: decay * o + (1 - decay) * n, old, new)
+
+
+def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config):
+    """``(state, batch) -> (state, metrics)``; jit it with the state donated.
+
+    The online branch computes the views the loss terms read from it, the target branch (EMA)
+    the views they read as ``VIEW@momentum``: nothing else runs (MoCo: query view only online,
+    key view only in the target). The target's EMA and the learning rate advance once per
+    optimizer update (every ``accumulation_steps`` micro-steps).
+    """
     image_views = inputs.augment_configs(config)
     terms = [dict(t) for t in config.loss_terms]
-    moco = config.get("moco")
+    online_views, target_views = objectives.branch_views(terms)
+    moco = config.get("moco") if config.get("moco") is not None and config.moco.get("queue_size") else None
+    ema_decay = optim.ema_momentum(config, optimizer.plan) if config.get("ema") is not None else None
+    k = optimizer.plan.accumulation_steps
+    tx, schedule = optimizer.tx, optimizer.schedule
     compute_dtype = jnp.dtype(config.get("dtype", "float32"))
-    max_logit_scale = config.get("max_logit_scale", math.log(100.0))
+    max_logit_scale = config.get("max_logit_scale", math.inf)
     dropout = dict(config.get("modality_dropout", {}))
 
-    def forward(params, batch_stats, batch):
-        out, updates = model.apply(
-            {"params": params, "batch_stats": batch_stats}, batch, train=True, mutable=["batch_stats"]
-        )
+    def forward(params, batch_stats, batch, views, predict):
+        out, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch, train=True,
+                                   views=views, predict=predict, mutable=["batch_stats"])
         return out, updates.get("batch_stats", {})
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]):
@@ -106,36 +117,38 @@ def make_train_step(model: MultiViewModel, tx, schedule, config):
                 batch[view] = augment.drop_modality(batch[view], jax.random.fold_in(key, 10_000 + i), rate)
         batch = {k: (v.astype(compute_dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in batch.items()}
 
-        momentum_z, momentum_stats = {}, state.momentum_batch_stats
-        if moco is not None:
-            out_m, momentum_stats = forward(state.momentum_params, state.momentum_batch_stats, batch)
-            momentum_z = {f"{v}{objectives.MOMENTUM_SUFFIX}": jax.lax.stop_gradient(z) for v, z in out_m["z"].items()}
+        target, target_stats = None, state.momentum_batch_stats
+        if target_views:
+            target, target_stats = forward(state.momentum_params, state.momentum_batch_stats, batch,
+                                           target_views, False)
 
         def loss_fn(params):
-            out, new_stats = forward(params, state.batch_stats, batch)
-            z = {**out["z"], **momentum_z}
-            loss, metrics = objectives.method_loss(z, out["scalars"], terms, state.queue)
+            online, new_stats = forward(params, state.batch_stats, batch, online_views, True)
+            z = objectives.side_embeddings(online, target)
+            loss, metrics = objectives.method_loss(z, online["scalars"], terms, state.queue)
             return loss, (metrics, new_stats)
 
         (loss, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        if "logit_scale" in params:  # CLIP clamps the learned inverse temperature at 100
+        if math.isfinite(max_logit_scale) and "logit_scale" in params:  # CLIP: inverse temperature <= 100
             params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], max_logit_scale)}
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
-        if moco is not None:
-            m = moco.momentum
-            ema = lambda old, new: jax.tree.map(lambda o, n: m * o + (1 - m) * n, old, new)
-            keys = momentum_z[f"{moco.key_view}{objectives.MOMENTUM_SUFFIX}"].astype(jnp.float32)
-            keys = keys / jnp.maximum(jnp.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
-            size = state.queue.shape[0]
-            queue = jax.lax.dynamic_update_slice(state.queue, keys, (state.queue_ptr, 0))
+        update_index = state.step // k  # this micro-step belongs to optimizer update number update_index
+        if ema_decay is not None:
+            decay = ema_decay(update_index)
+            applied = (state.step + 1) % k == 0  # params change only on the last micro-step of an update
             new_state = new_state.replace(
-                momentum_params=ema(state.momentum_params, params),
-                momentum_batch_stats=momentum_stats,
-                queue=queue,
-                queue_ptr=(state.queue_ptr + keys.shape[0]) % size,
+                momentum_params=jax.tree.map(lambda e, o: jnp.where(applied, e, o),
+                                             _ema(decay, state.momentum_params, params), state.momentum_params),
+                momentum_batch_stats=target_stats,
             )
+            metrics["ema_momentum"] = jnp.asarray(decay, jnp.float32)
+        if moco is not None:
+            keys = target["z"][moco.key_view].astype(jnp.float32)
+            keys = keys / jnp.maximum(jnp.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+            queue = jax.lax.dynamic_update_slice(state.queue, keys, (state.queue_ptr, 0))
+            new_state = new_state.replace(queue=queue, queue_ptr=(state.queue_ptr + keys.shape[0]) % state.queue.shape[0])
 
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -144,7 +157,7 @@ def make_train_step(model: MultiViewModel, tx, schedule, config):
         metrics.update(
             grad_norm=grad_norm,
             param_norm=optax.global_norm(state.params),
-            learning_rate=schedule(state.step // config.get("accumulation_steps", 1)),
+            learning_rate=schedule(update_index),
             finite=finite,
         )
         return new_state, metrics
@@ -167,10 +180,16 @@ def _accuracy_key(config) -> str | None:
     return None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
+                       dry_run: bool = False) -> dict[str, float]:
     """Trains the method a config describes in ``workdir``, resuming from its last checkpoint.
 
-    Returns the last logged metrics (also written to ``workdir/summary.json``).
+    Before the first step it prints the recipe card (what will run, as built) and writes it to
+    ``workdir/recipe.md``. ``dry_run``: stop after compiling one step, adding XLA's per-device
+    memory and FLOPs of that step to the card.
+
+    Returns the last logged metrics (also written to ``workdir/summary.json``); with
+    ``dry_run``, the compiled step's figures.
     """
     workdir = Path(workdir)
     validate_config(config)
@@ -180,25 +199,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     mesh = sharding.make_mesh()
     # Input: the prepared dataset, this process's slice, shuffled and augmented.
     source = inputs.train_source(config)
-    steps_per_epoch = max(len(source) // config.input.batch_size, 1)
-    total_steps = config.get("num_steps") or config.num_epochs * steps_per_epoch
+    plan = optim.plan_run(config, len(source))
+    total_steps = plan.total_micro_steps
     iterator = iter(inputs.make_input(config, source, seed=config.seed))
     first = next(iter(inputs.make_input(config, source, seed=config.seed)))  # shapes only
 
     # Model and optimizer, initialised already placed (replicated) on the mesh.
     model = build_model(config)
-    # Evaluation: datasets opened and prompts embedded now, so a missing one fails before training.
-    evaluator = None
-    if config.get("eval") is not None and config.eval.protocols:
-        evaluator = evaluation.Evaluation(config, model, mesh)
-    eval_every = config.eval.every if evaluator is not None else 0
     example = {k: jnp.asarray(v[:2]) for k, v in first.items() if k in config.views}
     example = pipeline.device_augment(example, jax.random.key(0), inputs.augment_configs(config))
     params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), example, train=False))["params"]
-    tx, schedule = optim.make_optimizer(config, params_shape, total_steps)
+    optimizer = optim.make_optimizer(config, params_shape, plan)
+    card = recipe.recipe_card(config, optimizer, params_shape)
+    reporting.write_text(workdir / "recipe.md", card)
+    if jax.process_index() == 0:
+        print(card if dry_run else recipe.card_summary(config, optimizer, params_shape, workdir / "recipe.md"),
+              flush=True)
+    # Evaluation: datasets opened and prompts embedded now, so a missing one fails before training.
+    evaluator = None
+    if config.get("eval") is not None and config.eval.protocols and not dry_run:
+        evaluator = evaluation.Evaluation(config, model, mesh)
+    eval_every = config.eval.every if evaluator is not None else 0
     replicated = sharding.replicated(mesh)
-    init = jax.jit(functools.partial(_init_state, model, tx, config), out_shardings=replicated)
+    init = jax.jit(functools.partial(_init_state, model, optimizer.tx, config), out_shardings=replicated)
     state = init(example, jax.random.PRNGKey(config.seed))
+    step_fn = jax.jit(
+        make_train_step(model, optimizer, config),
+        in_shardings=(replicated, sharding.batch_sharding(mesh)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+    if dry_run:
+        compiled = step_fn.lower(state, sharding.host_batch_to_global(first, mesh)).compile()
+        figures = recipe.compiled_figures(compiled, plan)
+        text = recipe.figures_markdown(figures)
+        reporting.write_text(workdir / "recipe.md", card + "\n" + text)
+        if jax.process_index() == 0:
+            print(text, flush=True)
+        return figures
 
     # Checkpoints: resume if the workdir has one.
     manager = checkpoints.make_checkpoint_manager(workdir, config)
@@ -206,13 +244,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         state = checkpoints.restore(manager, state, iterator)
         _log.info("Resumed from step %d in %s", int(state.step), workdir)
     start = int(state.step)
-
-    step_fn = jax.jit(
-        make_train_step(model, tx, schedule, config),
-        in_shardings=(replicated, sharding.batch_sharding(mesh)),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
 
     # Reporting: TensorBoard, one console line per log step, history and curves.
     writer = reporting.make_writer(workdir)
@@ -225,8 +256,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         profiler = periodic_actions.Profile(logdir=str(workdir), num_profile_steps=5)
     accuracy_key = _accuracy_key(config)
     history = [h for h in reporting.load_history(workdir) if h[0] <= start]
-    finite_flags: list[jax.Array] = []
     last: dict[str, float] = {}
+    for _, row in history:  # a resumed (or finished) run reports what it logged before, too
+        last.update(row)
+    finite_flags: list[jax.Array] = []
     started = last_log = (time.perf_counter(), start)
 
     try:
@@ -244,8 +277,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 if not flags.all():
                     bad = step - len(flags) + 1 + int(np.argmin(flags))
                     raise NonFiniteLossError(
-                        f"non-finite loss or gradient at step {bad}; steps from there on were not applied "
-                        f"and the last good checkpoint in {workdir} is kept"
+                        f"non-finite loss or gradient at step {bad} ({int((~flags).sum())} of steps "
+                        f"{step - len(flags) + 1}-{step}); each such step was skipped (it left the state "
+                        f"unchanged), the run stops at step {step} and the last checkpoint in {workdir} is kept"
                     )
             row: dict[str, float] = {}
             if step % config.log_every == 0 or step == total_steps:

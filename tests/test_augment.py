@@ -72,11 +72,11 @@ def test_byol_views_are_the_asymmetric_pair():
         assert view.brightness_mode == "additive" and view.jitter_p == 0.8 and view.grayscale_p == 0.2
 
 
-def test_eval_preset_centre_crops_0875_except_at_32_px_and_has_no_randomness():
+def test_eval_preset_centre_crops_0875_and_has_no_randomness():
     cfg = augment.eval_config(224)
     assert not cfg.random_crop and cfg.flip_p == 0.0 and not cfg.has_device_ops
-    assert cfg.center_crop_fraction == 0.875
-    assert augment.eval_config(32).center_crop_fraction == 1.0
+    assert cfg.center_crop_fraction == 0.875 and cfg.small_image_side == 32
+    assert augment.eval_config(64, center_crop_fraction=1.0).center_crop_fraction == 1.0
 
 
 def test_crop_flip_preset_has_no_colour_ops():
@@ -223,6 +223,20 @@ def test_eval_view_at_32_px_is_the_image_itself():
     image = uint8_image(32, 32)
     view = augment.host_view(image, np.random.default_rng(0), augment.eval_config(32))
     np.testing.assert_array_equal(view, image)
+
+
+def test_the_eval_crop_follows_the_images_own_size_not_the_output_size():
+    """A 32 px CIFAR image probed inside a 224 px run is resized whole, not centre-cropped to 28 px."""
+    from PIL import Image
+
+    image = uint8_image(32, 32)
+    view = augment.center_crop_resize(image, augment.eval_config(224))
+    whole = np.asarray(Image.fromarray(image).resize((224, 224), Image.BICUBIC))
+    np.testing.assert_array_equal(view, whole)
+    # A larger image still gets the 0.875 crop at any output size.
+    big = uint8_image(40, 60)
+    cfg = dataclasses.replace(augment.eval_config(224), size=35)
+    np.testing.assert_array_equal(augment.center_crop_resize(big, cfg), big[3:38, 13:48])
 
 
 # ----------------------------------------------------------------------------- device ops vs references

@@ -335,3 +335,52 @@ def test_bad_eval_settings_fail_before_training(data_dir, tmp_path):
     with pytest.raises(Exception, match="prepare"):
         train.train_and_evaluate(config, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_stratified_sample_keeps_every_class_share():
+    labels = np.repeat(np.arange(5), [400, 300, 200, 80, 20])  # stored sorted by class, as an image folder
+    picked = evaluation.features.stratified_sample(labels, 100, seed=0)
+    assert len(picked) == 100 and len(set(picked)) == 100 and np.all(np.diff(picked) > 0)
+    assert np.bincount(labels[picked]).tolist() == [40, 30, 20, 8, 2]
+    assert not np.array_equal(picked, evaluation.features.stratified_sample(labels, 100, seed=1))
+    np.testing.assert_array_equal(picked, evaluation.features.stratified_sample(labels, 100, seed=0))
+    # Shares that do not divide: the largest remainders get the extra rows, the total is exact.
+    assert np.bincount(labels[evaluation.features.stratified_sample(labels, 7)]).sum() == 7
+    with pytest.raises(ValueError, match="n=2000"):
+        evaluation.features.stratified_sample(labels, 2000)
+
+
+def test_a_probe_subset_of_a_class_sorted_folder_covers_every_class(tmp_path):
+    """eval.classification.max_train draws from every class, not the folder's first classes."""
+    from mmssl_jax.data import builders
+    from mmssl_jax.evaluation.evaluators import ClassificationEval
+
+    for split, n in (("train", 12), ("test", 2)):
+        for c, colour in enumerate(((255, 0, 0), (0, 255, 0), (0, 0, 255))):
+            folder = tmp_path / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), colour).save(folder / f"{i}.png")
+    source = builders.load_classification(str(tmp_path), "train")
+    assert source.labels().tolist() == [0] * 12 + [1] * 12 + [2] * 12
+    from tests.test_train import load_config
+
+    ec = load_config("linear_probe").eval.classification
+    ec.unlock()
+    for key, value in dict(dataset=str(tmp_path), data_dir="", batch_size=8, cache_mb=16, max_train=6,
+                           center_crop_fraction=1.0, name="").items():
+        ec[key] = value
+    frozen = evaluation.FrozenModel(MultiViewModel(view_modality=(("image", "image"),), encoders={}, heads={}),
+                                    sharding.make_mesh())
+    evaluator = ClassificationEval(ec, frozen, protocols=("knn",), image_size=8, text_model="")
+    assert evaluator.prefix == tmp_path.name
+    assert sorted(evaluator.train.source[i]["label"] for i in range(6)) == [0, 0, 1, 1, 2, 2]
+
+
+def test_metric_prefixes_name_the_dataset():
+    from mmssl_jax.evaluation.evaluators import dataset_prefix
+
+    assert dataset_prefix("mmssl_shapes/all-minilm-l6-v2:1.0.0") == "mmssl_shapes"
+    assert dataset_prefix("coco_captions_embedded/all-minilm-l6-v2") == "coco_captions_embedded"
+    assert dataset_prefix("image_folder_classification/flowers") == "flowers"
+    assert dataset_prefix("/data/cifar10.npz") == "cifar10" and dataset_prefix("cifar10_npz") == "cifar10_npz"

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("data",),
     ("evaluation",),
     ("objectives", "optim", "checkpoints"),
-    ("validation",),
+    ("validation", "recipe"),
     ("train",),
     ("main",),
 )

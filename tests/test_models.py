@@ -291,7 +291,8 @@ def test_encoders_train_with_finite_gradients_for_every_parameter(model, size):
 
 def test_registry_knows_every_published_encoder_and_head():
     assert set(ENCODERS) == {"resnet18", "resnet34", "resnet50", "vit_ti", "vit_s", "vit_b"}
-    assert set(HEADS) == {"simclr_mlp", "barlow_projector", "moco_predictor", "linear_projection", "text_mlp"}
+    assert set(HEADS) == {"simclr_mlp", "barlow_projector", "moco_predictor", "linear_projection", "text_mlp",
+                          "moco_v2_mlp", "moco_v3_projector", "byol_mlp", "simsiam_projector", "simsiam_predictor"}
 
 
 def test_unknown_names_raise_value_error_listing_the_known_names():
@@ -308,3 +309,40 @@ def test_unknown_keywords_raise_type_error_listing_the_fields():
         build_encoder("vit_s", cifar_stem=True)
     with pytest.raises(TypeError, match=r"head 'text_mlp' \(MLPHead\) has no field \['width'\].*hidden_dim"):
         build_head("text_mlp", width=8)
+
+
+def test_multiview_model_computes_only_the_views_asked_for_and_predicts_on_the_online_branch():
+    """MoCo's query branch sees only the query view (and its BatchNorm only those samples); the
+    target branch (predict=False) has no predictor output."""
+    from mmssl_jax.models import MultiViewModel
+
+    model = MultiViewModel(
+        view_modality=(("image1", "image"), ("image2", "image")),
+        encoders={"image": build_encoder("resnet18", cifar_stem=True, width=4)},
+        heads={"image": build_head("byol_mlp", hidden_dim=8, out_dim=4)},
+        predictors={"image": build_head("byol_mlp", hidden_dim=8, out_dim=4)},
+    )
+    rng = np.random.default_rng(0)
+    batch = {v: jnp.asarray(rng.random((4, 8, 8, 3)), jnp.float32) for v in ("image1", "image2")}
+    variables = model.init(KEY, batch, train=False)
+    assert "predictors_image" in variables["params"]
+    out, _ = model.apply(variables, {"image1": batch["image1"]}, train=True, views=["image1"], mutable=["batch_stats"])
+    assert sorted(out["z"]) == sorted(out["p"]) == ["image1"] and out["p"]["image1"].shape == (4, 4)
+    alone = model.apply(variables, {"image1": batch["image1"]}, train=False, views=["image1"], predict=False)
+    both = model.apply(variables, batch, train=False, predict=False)
+    assert alone["p"] == {} and both["p"] == {}
+    np.testing.assert_allclose(alone["z"]["image1"], both["z"]["image1"], rtol=1e-5, atol=1e-6)  # eval mode
+    with pytest.raises(KeyError, match="no view"):
+        model.apply(variables, batch, train=False, views=["image3"])
+
+
+def test_the_recipe_heads_have_the_published_shapes():
+    shapes = lambda name, d: {k: v.shape for k, v in jax.tree_util.tree_leaves_with_path(  # noqa: E731
+        abstract_variables(build_head(name), (2, d))["params"])}
+    moco_v2 = abstract_variables(build_head("moco_v2_mlp"), (2, 2048))["params"]
+    assert moco_v2["dense1"]["kernel"].shape == (2048, 2048) and moco_v2["dense1"]["bias"].shape == (2048,)
+    assert moco_v2["dense2"]["kernel"].shape == (2048, 128) and moco_v2["dense2"]["bias"].shape == (128,)
+    simsiam = abstract_variables(build_head("simsiam_predictor"), (2, 2048))["params"]
+    assert simsiam["dense1"]["kernel"].shape == (2048, 512) and "bias" not in simsiam["dense1"]
+    assert simsiam["dense2"]["kernel"].shape == (512, 2048) and simsiam["dense2"]["bias"].shape == (2048,)
+    assert len(shapes("byol_mlp", 2048)) == 4  # dense1 kernel, bn1 scale + bias, dense2 kernel (no bias)

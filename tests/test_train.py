@@ -19,10 +19,12 @@ import jax
 import numpy as np
 import pytest
 
+from mmssl_jax import config_base as cb
 from mmssl_jax import train
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = ["simclr", "clip", "siglip", "bert_simclr", "barlow_twins", "vicreg", "moco"]
+CONFIGS = ["simclr", "clip", "siglip", "bert_simclr", "barlow_twins", "vicreg", "moco", "byol", "simsiam",
+           "moco_v3"]
 
 
 def load_config(name: str, arg: str = ""):
@@ -50,11 +52,11 @@ def tiny(config, data_dir: str, steps: int = 6):
     config.num_epochs = 0
     config.log_every = 1
     config.checkpoint_every = 1000
-    config.optimizer.warmup_steps = 1
+    cb.set_warmup(config, steps=1)
     for modality, spec in config.encoders.items():
         if spec.name.startswith("resnet"):
             spec.kwargs.update(width=4)
-    for modality, spec in config.heads.items():
+    for modality, spec in [*config.heads.items(), *dict(config.get("predictors") or {}).items()]:
         for key in ("hidden_dim", "out_dim", "width"):
             if key in spec.kwargs:
                 spec.kwargs[key] = 16
@@ -77,9 +79,18 @@ def test_every_config_trains_with_a_falling_loss(name, data_dir, tmp_path, capsy
     for view in config.views.values():
         if view.modality == "image":
             view.augment = "clip_crop"
+    if name in ("clip", "siglip"):  # start above CLIP's clamp: CLIP clamps it at log 100, SigLIP does not
+        config.learned_scalars.logit_scale = 5.0
     summary = train.train_and_evaluate(config, tmp_path)
-    # The console: one short line per log step (every step here) and the final summary line.
+    if name == "clip":
+        assert summary["scalar/logit_scale"] <= np.log(100.0) + 1e-6
+    if name == "siglip":
+        assert summary["scalar/logit_scale"] > 4.9
+    # The console: the recipe in three lines, one short line per log step (every step here) and
+    # the final summary line.
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"Recipe {config.method}: 20 updates") and "recipe.md" in lines[2], lines[:3]
+    lines = lines[3:]
     assert len(lines) == 21 and lines[0].startswith("step  1/20  loss ") and "ETA" in lines[0], lines[:2]
     assert lines[-1].startswith(f"Finished {config.method} at step 20: loss ") and max(map(len, lines)) < 200
     history = json.loads((tmp_path / "history.json").read_text())
@@ -96,7 +107,8 @@ def test_every_config_trains_with_a_falling_loss(name, data_dir, tmp_path, capsy
 
 @pytest.mark.parametrize("name, arg", [
     ("clip", "coco"), ("siglip", "coco"), ("bert_simclr", "coco"), ("simclr", "cifar"), ("simclr", "imagenet"),
-    ("barlow_twins", "imagenet"), ("vicreg", "imagenet"), ("moco", "imagenet"),
+    ("barlow_twins", "imagenet"), ("vicreg", "imagenet"), ("moco", "imagenet"), ("byol", "imagenet"),
+    ("simsiam", "imagenet"), ("moco_v3", "imagenet"),
 ])
 def test_published_recipes_are_valid_configs(name, arg):
     config = load_config(name, arg)
@@ -180,6 +192,12 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_parameters(data_dir, tmp
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert "Resumed from step" in out or "resumed" in out.lower()
+    # Resuming a finished run trains nothing and still reports what the run logged.
+    again = _run_main(overrides, killed, env)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    assert "Finished simclr at step 16: loss " in out and "step 16/16" not in out
+    assert "loss" in json.loads((killed / "summary.json").read_text())
 
     config = load_config("simclr")
     a, b = _params(tmp_path / "straight", config), _params(killed, config)
@@ -214,8 +232,80 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data
     config = tiny(load_config("clip"), data_dir, steps=8)
     config.checkpoint_every = 2
     config.optimizer.learning_rate = 1e30  # diverges within a few steps
-    config.optimizer.warmup_steps = 0
-    with pytest.raises(train.NonFiniteLossError, match="non-finite"):
+    cb.set_warmup(config)
+    with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss or gradient at step \d+ .*skipped"):
         train.train_and_evaluate(config, tmp_path)
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [] or saved[-1] < 8
+
+
+def test_moco_step_queue_ema_and_accumulation(data_dir):
+    """MoCo v2 with 2 micro-steps per update: the queue takes every micro-batch's keys in order
+    and wraps around; parameters and the EMA target change once per update, the target by
+    ``m * target + (1 - m) * params``."""
+    from mmssl_jax import optim
+    from mmssl_jax.data import inputs, pipeline
+    from mmssl_jax.models import build_model
+
+    config = tiny(load_config("moco"), data_dir, steps=2)  # 2 optimizer updates
+    config.accumulation_steps = 2
+    config.moco.queue_size = 48  # 3 micro-batches of 16: wraps at the 4th
+    cb.set_warmup(config)  # no warmup: the first update already moves the parameters
+    source = inputs.train_source(config)
+    plan = optim.plan_run(config, len(source))
+    model = build_model(config)
+    stream = iter(inputs.make_input(config, source, seed=0))
+    batches = [next(stream) for _ in range(plan.total_micro_steps)]
+    example = pipeline.device_augment({k: jax.numpy.asarray(v[:2]) for k, v in batches[0].items() if k in config.views},
+                                      jax.random.key(0), inputs.augment_configs(config))
+    params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), example, train=False))["params"]
+    opt = optim.make_optimizer(config, params_shape, plan)
+    state = jax.jit(lambda e: train._init_state(model, opt.tx, config, e, jax.random.PRNGKey(1)))(example)
+    step = jax.jit(train.make_train_step(model, opt, config))
+    m = config.ema.momentum
+    for i, batch in enumerate(batches, start=1):
+        before = jax.tree.map(np.asarray, state)
+        state, metrics = step(state, {k: jax.numpy.asarray(v) for k, v in batch.items()})
+        after = jax.tree.map(np.asarray, state)
+        slot = slice(((i - 1) * 16) % 48, ((i - 1) * 16) % 48 + 16)
+        assert int(after.queue_ptr) == (i * 16) % 48
+        assert not np.allclose(after.queue[slot], before.queue[slot])  # this micro-batch's keys...
+        rest = np.ones(48, bool)
+        rest[slot] = False
+        np.testing.assert_array_equal(after.queue[rest], before.queue[rest])  # ...and nothing else
+        np.testing.assert_allclose(np.linalg.norm(after.queue[slot], axis=1), 1.0, rtol=1e-5)
+        updated = i % 2 == 0
+        changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.params))]
+        assert any(changed) == updated, i
+        for target, old, new in zip(jax.tree.leaves(after.momentum_params), jax.tree.leaves(before.momentum_params),
+                                    jax.tree.leaves(after.params)):
+            np.testing.assert_allclose(target, m * old + (1 - m) * new if updated else old, rtol=1e-5, atol=1e-7)
+        assert float(metrics["learning_rate"]) == pytest.approx(float(opt.schedule((i - 1) // 2)))
+
+
+def test_moco_without_a_queue_is_refused_naming_the_fix(data_dir, tmp_path):
+    config = tiny(load_config("moco"), data_dir)
+    config.moco.queue_size = 0
+    with pytest.raises(train.ConfigError, match=r"needs a queue, but config.moco.queue_size=0.*drop negatives='queue'"):
+        train.train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_dry_run_prints_the_recipe_card_and_the_compiled_step(data_dir, tmp_path):
+    """--dry_run from the command line, with fields the code reads set by overrides."""
+    proc = _run_main([
+        "--config=configs/barlow_twins.py", "--dry_run", f"--config.input.data_dir={data_dir}",
+        "--config.input.batch_size=16", "--config.input.image_size=16", "--config.encoders.image.kwargs.width=4",
+        "--config.heads.image.kwargs.hidden_dim=16", "--config.heads.image.kwargs.out_dim=16",
+        "--config.num_steps=10", "--config.optimizer.warmup_steps=0", "--config.optimizer.warmup_epochs=0.5",
+        "--config.optimizer.nesterov=True", "--config.optimizer.b1=0.8", "--config.max_logit_scale=4.0",
+        "--config.eval.classification.representation=z", "--config.eval.center_crop_fraction=0.875",
+    ], tmp_path, {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    card = (tmp_path / "recipe.md").read_text()
+    assert card.startswith("# Recipe: barlow_twins") and "## Compiled step (--dry_run)" in card
+    assert "| biases_and_norms |" in card and "| default |" in card and "barlow_twins(image1, image2" in card
+    assert "| warmup | 8 updates (0.5 epochs) |" in card and "momentum 0.9 nesterov" in card
+    assert "memory per device: peak" in out and "FLOPs per device per micro-step" in out
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "history.json").exists()

@@ -60,6 +60,12 @@ __all__ = [
     "byol_view1",
     "byol_view2",
     "crop_flip",
+    "clip_crop",
+    "moco_v2",
+    "barlow_view1",
+    "barlow_view2",
+    "moco_v3_view1",
+    "moco_v3_view2",
     "eval_config",
     "PRESETS",
     "CropBox",
@@ -105,7 +111,9 @@ class AugmentConfig:
         log-uniformly.
       crop_max_attempts: tries at a crop that fits before the centred fallback box.
       center_crop_fraction: side of the evaluation centre crop as a fraction of the shorter
-        image side (0.875 on ImageNet; 1.0, i.e. no crop, on 32 px images).
+        image side (0.875 on ImageNet).
+      small_image_side: images whose shorter side is at most this many pixels are not centre
+        cropped (CIFAR's 32 px images are evaluated whole, whatever the output size).
       flip_p: probability of a horizontal flip.
       jitter_p: probability of applying the colour jitter (all four operations, random order).
       brightness: brightness strength ``b``: factor in ``[max(1 - b, 0), 1 + b]``
@@ -131,6 +139,7 @@ class AugmentConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_max_attempts: int = 100
     center_crop_fraction: float = 0.875
+    small_image_side: int = _SMALL_IMAGE
     flip_p: float = 0.5
     jitter_p: float = 0.8
     brightness: float = 0.8
@@ -264,11 +273,50 @@ def clip_crop(size: int = 224) -> AugmentConfig:
                          blur_p=0.0, solarize_p=0.0, center_crop_fraction=_eval_fraction(size))
 
 
-def eval_config(size: int = 224) -> AugmentConfig:
-    """Evaluation: centre crop 0.875 of the shorter side then resize (no crop at <= 32 px), no
-    flip, no colour operations."""
+def eval_config(size: int = 224, center_crop_fraction: float = 0.875) -> AugmentConfig:
+    """Evaluation: centre crop (0.875 of the shorter side: ImageNet's resize 256, crop 224) then
+    resize, no flip, no colour operations. Whether to crop follows the evaluation image's own
+    size, not the output's: a 32 px CIFAR image is resized whole (to 32 px: unchanged; to 224 px
+    in a 224 px run)."""
     return AugmentConfig(size=size, random_crop=False, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0,
-                         solarize_p=0.0, center_crop_fraction=_eval_fraction(size))
+                         solarize_p=0.0, center_crop_fraction=center_crop_fraction)
+
+
+def moco_v2(size: int = 224) -> AugmentConfig:
+    """MoCo v2's views (its ``--aug-plus``; SimSiam's too): crop scale 0.2-1, jitter (0.4, 0.4,
+    0.4, 0.1) p=0.8 (torchvision's, brightness multiplicative), grayscale 0.2, blur p=0.5 with
+    sigma 0.1-2, flip."""
+    return AugmentConfig(size=size, crop_scale=(0.2, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4,
+                         saturation=0.4, hue=0.1, grayscale_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0))
+
+
+def _torchvision_byol(size: int, blur_p: float, solarize_p: float, crop_min: float) -> AugmentConfig:
+    return AugmentConfig(
+        size=size, crop_scale=(crop_min, 1.0), jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.2,
+        hue=0.1, brightness_mode="multiplicative", grayscale_p=0.2, blur_p=blur_p, solarize_p=solarize_p,
+    )
+
+
+def barlow_view1(size: int = 224) -> AugmentConfig:
+    """Barlow Twins' first view: BYOL's probabilities with torchvision's ColorJitter (0.4, 0.4,
+    0.2, 0.1; brightness multiplicative) p=0.8, grayscale 0.2, blur 1.0, no solarize."""
+    return _torchvision_byol(size, blur_p=1.0, solarize_p=0.0, crop_min=0.08)
+
+
+def barlow_view2(size: int = 224) -> AugmentConfig:
+    """Barlow Twins' second view: blur 0.1, solarize 0.2."""
+    return _torchvision_byol(size, blur_p=0.1, solarize_p=0.2, crop_min=0.08)
+
+
+def moco_v3_view1(size: int = 224) -> AugmentConfig:
+    """MoCo v3's first view (ResNet-50 recipes, ``--crop-min=.2``): as Barlow Twins' with crop
+    scale 0.2-1."""
+    return _torchvision_byol(size, blur_p=1.0, solarize_p=0.0, crop_min=0.2)
+
+
+def moco_v3_view2(size: int = 224) -> AugmentConfig:
+    """MoCo v3's second view: crop scale 0.2-1, blur 0.1, solarize 0.2."""
+    return _torchvision_byol(size, blur_p=0.1, solarize_p=0.2, crop_min=0.2)
 
 
 PRESETS: dict[str, Callable[[int], AugmentConfig]] = {
@@ -278,6 +326,11 @@ PRESETS: dict[str, Callable[[int], AugmentConfig]] = {
     "byol_view2": byol_view2,
     "crop_flip": crop_flip,
     "clip_crop": clip_crop,
+    "moco_v2": moco_v2,
+    "barlow_view1": barlow_view1,
+    "barlow_view2": barlow_view2,
+    "moco_v3_view1": moco_v3_view1,
+    "moco_v3_view2": moco_v3_view2,
     "eval": eval_config,
 }
 """Preset name -> ``fn(size) -> AugmentConfig``; the names configs use (``views.*.augment``)."""
@@ -289,11 +342,13 @@ PRESETS: dict[str, Callable[[int], AugmentConfig]] = {
 def center_crop_resize(image: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
     """Evaluation view: ``uint8 [H, W, 3]`` -> ``uint8 [S, S, 3]``.
 
-    The centred square of side ``cfg.center_crop_fraction x min(H, W)``, resized bicubically to
-    ``cfg.size``; an ``S x S`` image with fraction 1.0 is returned unchanged.
+    The centred square of side ``cfg.center_crop_fraction x min(H, W)`` (the whole shorter side
+    when it is at most ``cfg.small_image_side``), resized bicubically to ``cfg.size``; an
+    ``S x S`` image with fraction 1.0 is returned unchanged.
     """
     image = as_rgb_uint8(image)
-    box = center_crop_box(image.shape[0], image.shape[1], cfg.center_crop_fraction)
+    small = min(image.shape[0], image.shape[1]) <= cfg.small_image_side
+    box = center_crop_box(image.shape[0], image.shape[1], 1.0 if small else cfg.center_crop_fraction)
     return _crop_resize(image, box, cfg.size)
 
 

@@ -18,7 +18,7 @@ from mmssl_jax import reporting, sharding
 from mmssl_jax.evaluation.evaluators import Evaluation
 from mmssl_jax.models import build_model
 
-MODEL_KEYS = ("views", "encoders", "heads", "learned_scalars", "moco")
+MODEL_KEYS = ("views", "encoders", "heads", "predictors", "learned_scalars")
 """Config sections that define the parameters a checkpoint holds."""
 
 
@@ -34,6 +34,8 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
         return out
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         a, b = list(a), list(b)
+    if a in (None, {}) and b in (None, {}):  # a section absent and an empty one are the same model
+        return []
     return [] if a == b else [f"{path}: checkpoint {a!r} vs config {b!r}"]
 
 

@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 
 from mmssl_jax.evaluation.features import (
-    ZERO_SHOT_TEMPLATES, FrozenModel, ImageSet, caption_table, class_embeddings, class_prompt_embeddings,
-    model_variables,
+    ZERO_SHOT_TEMPLATES, FrozenModel, ImageSet, Subset, caption_table, class_embeddings, class_prompt_embeddings,
+    model_variables, stratified_sample,
 )
 from mmssl_jax.evaluation.protocols import (
     CAPTION_ABLATIONS, DEFAULT_L2_GRID, ablate_captions, knn_classify, l2_normalize, linear_probe,
@@ -60,19 +60,20 @@ def _sentence_encoder(name: str):
     return SentenceEncoder.from_pretrained(name, devices=jax.local_devices()[:1])
 
 
-class _Head(Sequence):
-    """The first ``n`` records of a random-access source."""
+FOLDER_BUILDERS = ("image_folder_classification", "captioned_folder")
+"""tfds builders whose config names the data (``image_folder_classification/flowers``)."""
 
-    def __init__(self, source: Sequence, n: int):
-        self.source, self.n = source, int(n)
 
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index):
-        if not 0 <= index < self.n:
-            raise IndexError(index)
-        return self.source[index]
+def dataset_prefix(dataset: str) -> str:
+    """The metric prefix of a dataset: a path's file or folder name (``/data/cifar10.npz`` ->
+    ``cifar10``); a tfds ``name[/config][:version]``'s name (``mmssl_shapes/all-minilm-l6-v2`` ->
+    ``mmssl_shapes``), or its config for the folder builders (``image_folder_classification/flowers``
+    -> ``flowers``)."""
+    path = Path(dataset).expanduser()
+    if path.exists() or dataset.endswith((".npz", ".tar.gz")) or dataset.startswith(("/", ".", "~")):
+        return path.name.removesuffix(".tar.gz").removesuffix(".npz") or dataset
+    name, _, config = dataset.split(":")[0].partition("/")
+    return config if name in FOLDER_BUILDERS and config else name
 
 
 class ClassificationEval:
@@ -81,17 +82,18 @@ class ClassificationEval:
     def __init__(self, ec: ml_collections.ConfigDict, frozen: FrozenModel, *, protocols: Sequence[str],
                  image_size: int, text_model: str):
         self.ec, self.frozen, self.protocols = ec, frozen, tuple(protocols)
-        self.prefix = ec.get("name") or Path(str(ec.dataset)).stem.split("/")[0]
+        self.prefix = ec.get("name") or dataset_prefix(str(ec.dataset))
         label_key = ec.get("label_key", "label")
-        kw = dict(image_size=image_size, batch_size=ec.batch_size, keep=("label",), cache_mb=ec.cache_mb)
+        kw = dict(image_size=image_size, batch_size=ec.batch_size, keep=("label",), cache_mb=ec.cache_mb,
+                  center_crop_fraction=ec.center_crop_fraction)
         test = _load(ec.dataset, ec.test_split, ec.data_dir, labelled=label_key)
         self.class_names = test.class_names
         self.test = ImageSet(test, name=f"{self.prefix} {ec.test_split}", **kw)
         self.train = None
         if {"linear_probe", "knn"} & set(self.protocols):
             train = _load(ec.dataset, ec.train_split, ec.data_dir, labelled=label_key)
-            if ec.get("max_train") and len(train) > ec.max_train:
-                train = _Head(train, ec.max_train)
+            if ec.get("max_train") and len(train) > ec.max_train:  # every class keeps its share
+                train = Subset(train, stratified_sample(train.labels(), ec.max_train, seed=0))
             self.train = ImageSet(train, name=f"{self.prefix} {ec.train_split}", **kw)
         self.prompts = None
         if "zero_shot" in self.protocols:
@@ -130,11 +132,12 @@ class RetrievalEval:
         if "text" not in frozen.modalities:
             raise ValueError("eval protocol 'retrieval' needs a model with a text branch")
         self.ec, self.frozen, self.ablations = ec, frozen, ablations
-        self.prefix = ec.get("name") or str(ec.dataset).split("/")[0]
+        self.prefix = ec.get("name") or dataset_prefix(str(ec.dataset))
         source = _load(ec.dataset, ec.split, ec.data_dir)
         self.captions, self.owners = caption_table(source)
         self.label_key = ablation_label if ablations and ablation_label in _features_of(source) else None
         self.images = ImageSet(source, image_size=image_size, batch_size=ec.batch_size,
+                               center_crop_fraction=ec.center_crop_fraction,
                                keep=(self.label_key,) if self.label_key else (), cache_mb=ec.cache_mb,
                                name=f"{self.prefix} {ec.split}")
         first = np.r_[0, np.flatnonzero(np.diff(self.owners)) + 1]  # each image's first caption
@@ -207,6 +210,7 @@ class Evaluation:
         cls_ec = _with(ec.classification, dataset=ec.classification.dataset or config.input.name,
                        data_dir=ec.classification.data_dir or data_dir, batch_size=ec.batch_size,
                        cache_mb=ec.cache_mb, probe_l2=tuple(ec.probe_l2) or DEFAULT_L2_GRID,
+                       center_crop_fraction=ec.center_crop_fraction,
                        probe_iters=ec.probe_iters, knn_k=ec.knn_k, knn_temperature=ec.knn_temperature,
                        templates=tuple(ec.templates) or ZERO_SHOT_TEMPLATES)
         text_model = _text_model(config.input.name, data_dir, ec.text_model)
@@ -218,7 +222,8 @@ class Evaluation:
         if "retrieval" in protocols:
             ret_ec = _with(ec.retrieval, dataset=ec.retrieval.dataset or config.input.name,
                            data_dir=ec.retrieval.data_dir or data_dir, batch_size=ec.batch_size,
-                           cache_mb=ec.cache_mb, probe_iters=ec.probe_iters)
+                           cache_mb=ec.cache_mb, probe_iters=ec.probe_iters,
+                           center_crop_fraction=ec.center_crop_fraction)
             self.evaluators.append(RetrievalEval(ret_ec, self.frozen, image_size=image_size,
                                                  ablations=ec.ablations, ablation_label=ec.classification.label_key))
 

@@ -120,13 +120,14 @@ class ImageSet:
     """
 
     def __init__(self, source: Sequence[Mapping[str, Any]], *, image_size: int, batch_size: int,
-                 keep: Sequence[str] = (), cache_mb: float = 2048, name: str = "images"):
+                 keep: Sequence[str] = (), cache_mb: float = 2048, name: str = "images",
+                 center_crop_fraction: float = 0.875):
         from mmssl_jax.data import augment
 
         if len(source) == 0:
             raise ValueError(f"{name}: the evaluation split is empty")
         self.source, self.keep, self.name = source, tuple(keep), name
-        self.cfg = augment.eval_config(image_size)
+        self.cfg = augment.eval_config(image_size, center_crop_fraction)
         processes = jax.process_count()
         self.batch_size = _round_up(max(batch_size // processes, 1), jax.local_device_count())
         per_process = -(-len(source) // processes)
@@ -181,6 +182,37 @@ class ImageSet:
         result = {k: v[keep][order] for k, v in arrays.items()}
         result["index"] = index[keep][order]
         return result
+
+
+def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` records drawn without replacement so that each class keeps its share
+    (largest remainders round), seeded; sorted. A dataset stored sorted by class (an image folder)
+    is sampled from every class, not from its first ones."""
+    labels = np.asarray(labels)
+    if not 0 < n <= len(labels):
+        raise ValueError(f"stratified_sample: n={n} must be in [1, {len(labels)}]")
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * n / len(labels)
+    take = np.floor(share).astype(np.int64)
+    short = n - take.sum()
+    take[np.argsort(-(share - take), kind="stable")[:short]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked))
+
+
+class Subset(Sequence):
+    """The records ``indices`` of a random-access source, in that order."""
+
+    def __init__(self, source: Sequence, indices: np.ndarray):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+        self.class_names = getattr(source, "class_names", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.source[int(self.indices[index])]
 
 
 def caption_table(source: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

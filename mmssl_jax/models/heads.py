@@ -7,8 +7,14 @@ with ``mmssl_jax.models.build_head(name, **overrides)``):
   BatchNorm learns a scale but no shift; output 128.
 - ``barlow_projector`` (Barlow Twins, VICReg): 8192-8192-8192, Dense + BN + ReLU hidden layers,
   a plain bias-free last Dense (the loss standardizes the output itself).
+- ``moco_v2_mlp`` (MoCo v2): Dense 2048 (with bias) -> ReLU -> Dense 128 (with bias), no norm.
+- ``moco_v3_projector`` (MoCo v3, ResNet-50): 2 layers, 4096 hidden, out 256, BN + ReLU hidden,
+  an affine-free BatchNorm on the output (its ViT projector has 3 layers).
 - ``moco_predictor`` (MoCo v3): 2 layers, 4096 hidden, out 256, Dense + BN + ReLU then Dense;
   ``last_bn=True`` adds MoCo v3's affine-free output BatchNorm (its ViT recipe).
+- ``byol_mlp`` (BYOL projector and predictor): 4096 hidden with BN + ReLU, a bias-free Dense 256.
+- ``simsiam_projector`` (SimSiam): 3 x 2048, BN + ReLU hidden, an affine-free output BatchNorm.
+- ``simsiam_predictor`` (SimSiam): 2048 -> 512 (BN, ReLU) -> 2048 with a bias, no output norm.
 - ``linear_projection`` (CLIP): one bias-free Dense.
 - ``text_mlp``: the text head, from a precomputed sentence embedding (e.g. 384-d MiniLM) into
   the joint space; 2 layers, LayerNorm rather than BatchNorm by default, so a caption's
@@ -97,8 +103,16 @@ class MLPHead(nn.Module):
 RECIPES: dict[str, dict[str, Any]] = {
     "simclr_mlp": dict(hidden_dim=2048, out_dim=128, num_layers=3, norm="batch", last_bn=True, last_bn_scale=True),
     "barlow_projector": dict(hidden_dim=8192, out_dim=8192, num_layers=3, norm="batch", last_bn=False),
+    "moco_v2_mlp": dict(hidden_dim=2048, out_dim=128, num_layers=2, norm=None, last_bn=False, out_bias=True),
+    "moco_v3_projector": dict(hidden_dim=4096, out_dim=256, num_layers=2, norm="batch", last_bn=True,
+                              last_bn_scale=False),
     "moco_predictor": dict(hidden_dim=4096, out_dim=256, num_layers=2, norm="batch", last_bn=False,
                            last_bn_scale=False),
+    "byol_mlp": dict(hidden_dim=4096, out_dim=256, num_layers=2, norm="batch", last_bn=False),
+    "simsiam_projector": dict(hidden_dim=2048, out_dim=2048, num_layers=3, norm="batch", last_bn=True,
+                              last_bn_scale=False),
+    "simsiam_predictor": dict(hidden_dim=512, out_dim=2048, num_layers=2, norm="batch", last_bn=False,
+                              out_bias=True),
     "linear_projection": dict(out_dim=512, num_layers=1, norm=None, last_bn=False),
     "text_mlp": dict(hidden_dim=1024, out_dim=128, num_layers=2, norm="layer", last_bn=False),
 }

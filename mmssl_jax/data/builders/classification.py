@@ -93,6 +93,13 @@ class ClassificationSource(collections.abc.Sequence):
         record = self._records[index % n]
         return {"image": decode_rgb(record["image"]), "label": np.int64(record[self._label_key])}
 
+    def labels(self) -> np.ndarray:
+        """``int64 [n]``: every record's label, read without decoding any image."""
+        fast = getattr(self._records, "labels", None)
+        if fast is not None and self._label_key == "label":
+            return np.asarray(fast, np.int64)
+        return np.fromiter((self._records[i][self._label_key] for i in range(len(self))), np.int64, len(self))
+
     def __repr__(self) -> str:
         return (
             f"ClassificationSource({self.name!r}, split={self.split!r}, {len(self)} images, {self.num_classes} classes)"
