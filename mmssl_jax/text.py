@@ -349,6 +349,9 @@ class SentenceEncoder:
           FileNotFoundError: missing directory or files, a packaged model whose package is not
             installed, a Hub id while offline; ValueError: unsupported model or module types.
         """
+        # Only the tokenizer is used (our Flax BERT runs the weights): transformers' advice that
+        # PyTorch is missing is noise on the console.
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         from transformers import AutoTokenizer
 
         model_dir = resolve_model_dir(name_or_path)
