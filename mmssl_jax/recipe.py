@@ -58,8 +58,15 @@ def _augment_line(cfg: augment.AugmentConfig) -> str:
     """The fields of a view's augmentation that differ from SimCLR's ImageNet defaults, plus the core ones."""
     core = ("size", "crop_scale", "flip_p", "jitter_p", "brightness", "contrast", "saturation", "hue",
             "grayscale_p", "blur_p", "solarize_p")
-    shown = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-             if f.name in core or getattr(cfg, f.name) != getattr(_AUGMENT_DEFAULTS, f.name)}
+    off = set()
+    if cfg.jitter_p == 0:  # strengths of an operation that never runs say nothing
+        off |= {"brightness", "contrast", "saturation", "hue", "brightness_mode"}
+    if cfg.blur_p == 0:
+        off |= {"blur_sigma", "blur_kernel_fraction"}
+    if cfg.solarize_p == 0:
+        off.add("solarize_threshold")
+    shown = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in off
+             and (f.name in core or getattr(cfg, f.name) != getattr(_AUGMENT_DEFAULTS, f.name))}
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
 
 
