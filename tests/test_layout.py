@@ -20,6 +20,7 @@ PACKAGE = ROOT / "mmssl_jax"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("tf_compat", "config_base"),
     ("sharding",),
+    ("streaming",),
     ("losses", "reporting"),
     ("models",),
     ("text",),
