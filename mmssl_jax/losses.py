@@ -19,13 +19,10 @@ of the unsharded gradient. For a parameter replicated on every device and fed to
 learnable ``logit_scale``), ``shard_map`` with its default ``check_vma=True`` already returns the
 full gradient; under ``pmap`` each device gets its own share, so ``psum`` (not ``pmean``) those.
 
-Streaming (``chunk_size=``, the contrastive losses). The ``axis_name`` path still holds each
-device's rows against every column. With ``chunk_size`` the loss is computed tile by tile
-(``chunk_size`` local rows x ``chunk_size`` columns) with a running log-sum-exp, the tiles are
-recomputed in the backward pass, and under ``axis_name`` the other devices' columns arrive
-around a ring of ``ppermute`` (the column gradients travel back the same way): loss memory is
-``O(chunk_size^2)`` plus the embeddings, whatever the global batch (Inf-CL). Values and
-gradients equal the default path to float32 rounding; see :mod:`mmssl_jax.streaming`.
+Streaming (``chunk_size=`` on the contrastive losses): ``chunk_size x chunk_size`` tiles, a running
+log-sum-exp, tiles recomputed in the backward pass, and under ``axis_name`` the columns passed
+around a ``ppermute`` ring: memory is the embeddings plus a few tiles, whatever the global batch,
+and values and gradients equal the default path to float32 rounding (:mod:`mmssl_jax.streaming`).
 
 Shapes and ranks are checked at trace time and errors name the argument and its shape.
 """
@@ -211,8 +208,9 @@ def info_nce(
       negatives: optional ``[K, dim]`` extra negatives.
       axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
       chunk_size: ``None`` (default) builds the local rows x global columns logits at once;
-        an int streams them (the queue's columns too) in ``chunk_size x chunk_size`` tiles (and around the device ring
-        under ``axis_name``), for global batches whose logits do not fit in memory.
+        an int streams them in ``chunk_size x chunk_size`` tiles (the queue's columns too;
+        the in-batch keys around the device ring under ``axis_name``), for global batches
+        whose logits do not fit in memory.
 
     Returns:
       float32 scalar, the mean over the global batch of queries.
@@ -280,8 +278,8 @@ def clip(
         clamps the learned value at log(100); the clamp belongs to the training step).
       axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
       chunk_size: ``None`` (default) builds the local rows x global columns logits at once;
-        an int streams both directions in one pass in ``chunk_size x chunk_size`` tiles (and around the device ring
-        under ``axis_name``), for global batches whose logits do not fit in memory.
+        an int streams both directions in one sweep of ``chunk_size x chunk_size`` tiles (and
+        around the device ring under ``axis_name``), for batches whose logits do not fit.
 
     Returns:
       float32 scalar.
@@ -292,7 +290,8 @@ def clip(
     a, b = _l2_normalize(image_emb), _l2_normalize(text_emb)
     index, devices = sharding.axis_index_and_size(axis_name)
     if chunk_size is not None:  # one sweep gives image->text (rows) and text->image (columns)
-        row_lse, col_lse = streaming.softmax_lse(a, b, scale, chunk_size=chunk_size, axis_name=axis_name, col_lse=True)
+        row_lse, col_lse = streaming.softmax_lse(
+            a, b, scale, chunk_size=chunk_size, axis_name=axis_name, col_lse=True)
         positive = scale * jnp.sum(a * b, axis=-1)
         return _global_mean(jnp.sum(row_lse + col_lse - 2.0 * positive), 2 * n * devices, axis_name)
     labels = index * n + jnp.arange(n)
@@ -327,8 +326,8 @@ def siglip(
       logit_bias: scalar bias (SigLIP initialises it to -10).
       axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
       chunk_size: ``None`` (default) builds the local rows x global columns logits at once;
-        an int streams the pairs (no log-sum-exp needed) in ``chunk_size x chunk_size`` tiles (and around the device ring
-        under ``axis_name``), for global batches whose logits do not fit in memory.
+        an int streams the pairs in ``chunk_size x chunk_size`` tiles (and around the device
+        ring under ``axis_name``), for global batches whose logits do not fit in memory.
 
     Returns:
       float32 scalar.

@@ -122,7 +122,8 @@ def _online_update(old_max: Array, old_sum: Array, logits: Array, axis: int) -> 
     """One step of the streaming log-sum-exp along ``axis``, stable at any scale."""
     new_max = jnp.maximum(old_max, jnp.max(logits, axis=axis))
     shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # a fully masked line so far
-    new_sum = old_sum * jnp.exp(old_max - shift) + jnp.sum(jnp.exp(logits - jnp.expand_dims(shift, axis)), axis=axis)
+    fresh = jnp.sum(jnp.exp(logits - jnp.expand_dims(shift, axis)), axis=axis)
+    new_sum = old_sum * jnp.exp(old_max - shift) + fresh  # the old sum rescaled to the new max
     return new_max, new_sum
 
 
@@ -195,8 +196,9 @@ def _backward(plan: _Plan, rows, cols, scale, bias, outputs, cotangents):
             if plan.col_lse:
                 col_p = jnp.where(keep, jnp.exp(logits - _slice(travelling["lse"], c0, cc)[None, :]), 0.0)
                 weights = weights + col_p * _slice(travelling["g"], c0, cc)[None, :]
+        d_rows = scale * jnp.matmul(weights, block_cols, precision=lax.Precision.HIGHEST)
         stationary = {
-            "rows": _add_at(stationary["rows"], r0, scale * jnp.matmul(weights, block_cols, precision=lax.Precision.HIGHEST)),
+            "rows": _add_at(stationary["rows"], r0, d_rows),
             "scale": stationary["scale"] + jnp.sum(weights * dots),
             "bias": stationary["bias"] + jnp.sum(weights),
         }
