@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tf_compat", "config_base"),
     ("sharding",),
     ("streaming",),
-    ("losses", "reporting"),
+    ("losses", "reporting", "gradcache"),
     ("models",),
     ("text",),
     ("data",),
