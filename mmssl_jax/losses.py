@@ -19,6 +19,11 @@ of the unsharded gradient. For a parameter replicated on every device and fed to
 learnable ``logit_scale``), ``shard_map`` with its default ``check_vma=True`` already returns the
 full gradient; under ``pmap`` each device gets its own share, so ``psum`` (not ``pmean``) those.
 
+Streaming (``chunk_size=`` on the contrastive losses): ``chunk_size x chunk_size`` tiles, a running
+log-sum-exp, tiles recomputed in the backward pass, and under ``axis_name`` the columns passed
+around a ``ppermute`` ring: memory is the embeddings plus a few tiles, whatever the global batch,
+and values and gradients equal the default path to float32 rounding (:mod:`mmssl_jax.streaming`).
+
 Shapes and ranks are checked at trace time and errors name the argument and its shape.
 """
 
@@ -30,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mmssl_jax import sharding
+from mmssl_jax import sharding, streaming
 
 __all__ = [
     "nt_xent",
@@ -126,7 +131,12 @@ def _off_diagonal(m: Array) -> Array:
 
 
 def nt_xent(
-    z1: ArrayLike, z2: ArrayLike, *, temperature: float | ArrayLike = 0.1, axis_name: str | None = None
+    z1: ArrayLike,
+    z2: ArrayLike,
+    *,
+    temperature: float | ArrayLike = 0.1,
+    axis_name: str | None = None,
+    chunk_size: int | None = None,
 ) -> Array:
     """SimCLR's normalized-temperature cross-entropy (NT-Xent), the 2N-way loss.
 
@@ -140,15 +150,25 @@ def nt_xent(
       temperature: softmax temperature (0.1 for large-batch ImageNet, 0.5 on CIFAR, 0.2 at small
         batch); may be a traced array.
       axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+      chunk_size: ``None`` (default) builds the local rows x global columns logits at once;
+        an int streams them in ``chunk_size x chunk_size`` tiles (and around the device ring
+        under ``axis_name``), for global batches whose logits do not fit in memory.
 
     Returns:
       float32 scalar.
     """
     n, _ = _check_pair("nt_xent", "z1", z1, "z2", z2)
     _check_positive("nt_xent", "temperature", temperature)
+    streaming.check_chunk_size("nt_xent", chunk_size)
     z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
     index, devices = sharding.axis_index_and_size(axis_name)
     g = n * devices
+    if chunk_size is not None:  # rows and columns: this device's [z1; z2], self left out
+        z = jnp.concatenate([z1, z2])
+        lse, _ = streaming.softmax_lse(
+            z, z, 1.0 / temperature, chunk_size=chunk_size, axis_name=axis_name, exclude_diagonal=True)
+        positive = 2.0 * jnp.sum(z1 * z2) / temperature
+        return _global_mean(jnp.sum(lse) - positive, 2 * g, axis_name)
     # Columns: all of view 1, then all of view 2 (global order). Rows: this device's part of each.
     cols = jnp.concatenate([sharding.all_gather_rows(z1, axis_name), sharding.all_gather_rows(z2, axis_name)])
     rows = jnp.concatenate([z1, z2])
@@ -168,6 +188,7 @@ def info_nce(
     temperature: float | ArrayLike = 0.07,
     negatives: ArrayLike | None = None,
     axis_name: str | None = None,
+    chunk_size: int | None = None,
 ) -> Array:
     """InfoNCE of queries against keys (one direction), with in-batch or queued negatives.
 
@@ -186,24 +207,26 @@ def info_nce(
       temperature: softmax temperature (MoCo v2: 0.2; CPC/MoCo v1: 0.07).
       negatives: optional ``[K, dim]`` extra negatives.
       axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+      chunk_size: ``None`` (default) builds the local rows x global columns logits at once;
+        an int streams them in ``chunk_size x chunk_size`` tiles (the queue's columns too;
+        the in-batch keys around the device ring under ``axis_name``), for global batches
+        whose logits do not fit in memory.
 
     Returns:
       float32 scalar, the mean over the global batch of queries.
     """
     n, dim = _check_pair("info_nce", "query", query, "key", key)
     _check_positive("info_nce", "temperature", temperature)
+    streaming.check_chunk_size("info_nce", chunk_size)
     q, k = _l2_normalize(query), _l2_normalize(key)
     index, devices = sharding.axis_index_and_size(axis_name)
+    if chunk_size is not None:
+        return _info_nce_chunked(q, k, temperature, negatives, axis_name, chunk_size)
     if negatives is None:
         logits = _similarity(q, sharding.all_gather_rows(k, axis_name))  # [n, g]
         labels = index * n + jnp.arange(n)
     else:
-        _, neg_dim = _check_embeddings("info_nce", "negatives", negatives)
-        if neg_dim != dim:
-            raise ValueError(
-                f"info_nce: `negatives` must have the embedding dim of `query`, got "
-                f"negatives {jnp.shape(negatives)} and query {jnp.shape(query)}."
-            )
+        _check_negatives(negatives, dim, jnp.shape(query))
         positive = jnp.sum(q * k, axis=-1, keepdims=True)  # [n, 1]
         logits = jnp.concatenate([positive, _similarity(q, _l2_normalize(negatives))], axis=1)
         labels = jnp.zeros((n,), jnp.int32)
@@ -211,8 +234,36 @@ def info_nce(
     return _global_mean(jnp.sum(per_row), n * devices, axis_name)
 
 
+def _check_negatives(negatives: ArrayLike, dim: int, query_shape: tuple) -> None:
+    _, neg_dim = _check_embeddings("info_nce", "negatives", negatives)
+    if neg_dim != dim:
+        raise ValueError(
+            f"info_nce: `negatives` must have the embedding dim of `query`, got "
+            f"negatives {jnp.shape(negatives)} and query {query_shape}."
+        )
+
+
+def _info_nce_chunked(q, k, temperature, negatives, axis_name, chunk_size) -> Array:
+    """:func:`info_nce` streamed: in-batch keys around the ring, or the queue in column tiles."""
+    positive = jnp.sum(q * k, axis=-1) / temperature  # [n]
+    if negatives is None:
+        lse, _ = streaming.softmax_lse(q, k, 1.0 / temperature, chunk_size=chunk_size, axis_name=axis_name)
+    else:
+        _check_negatives(negatives, q.shape[1], q.shape)
+        lse, _ = streaming.softmax_lse(q, _l2_normalize(negatives), 1.0 / temperature,
+                                       chunk_size=chunk_size, axis_name=axis_name, ring=False)
+        lse = jnp.logaddexp(lse, positive)  # the positive is column 0 of [positive, queue]
+    _, devices = sharding.axis_index_and_size(axis_name)
+    return _global_mean(jnp.sum(lse - positive), q.shape[0] * devices, axis_name)
+
+
 def clip(
-    image_emb: ArrayLike, text_emb: ArrayLike, *, logit_scale: ArrayLike, axis_name: str | None = None
+    image_emb: ArrayLike,
+    text_emb: ArrayLike,
+    *,
+    logit_scale: ArrayLike,
+    axis_name: str | None = None,
+    chunk_size: int | None = None,
 ) -> Array:
     """CLIP's symmetric contrastive loss.
 
@@ -226,14 +277,23 @@ def clip(
       logit_scale: scalar, log of the inverse temperature (CLIP initialises it to log(1/0.07) and
         clamps the learned value at log(100); the clamp belongs to the training step).
       axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+      chunk_size: ``None`` (default) builds the local rows x global columns logits at once;
+        an int streams both directions in one sweep of ``chunk_size x chunk_size`` tiles (and
+        around the device ring under ``axis_name``), for batches whose logits do not fit.
 
     Returns:
       float32 scalar.
     """
     n, _ = _check_pair("clip", "image_emb", image_emb, "text_emb", text_emb)
+    streaming.check_chunk_size("clip", chunk_size)
     scale = jnp.exp(_scalar("clip", "logit_scale", logit_scale))
     a, b = _l2_normalize(image_emb), _l2_normalize(text_emb)
     index, devices = sharding.axis_index_and_size(axis_name)
+    if chunk_size is not None:  # one sweep gives image->text (rows) and text->image (columns)
+        row_lse, col_lse = streaming.softmax_lse(
+            a, b, scale, chunk_size=chunk_size, axis_name=axis_name, col_lse=True)
+        positive = scale * jnp.sum(a * b, axis=-1)
+        return _global_mean(jnp.sum(row_lse + col_lse - 2.0 * positive), 2 * n * devices, axis_name)
     labels = index * n + jnp.arange(n)
     image_to_text = scale * _similarity(a, sharding.all_gather_rows(b, axis_name))  # [n, g]
     if axis_name is None:
@@ -251,6 +311,7 @@ def siglip(
     logit_scale: ArrayLike,
     logit_bias: ArrayLike,
     axis_name: str | None = None,
+    chunk_size: int | None = None,
 ) -> Array:
     """SigLIP's pairwise sigmoid loss.
 
@@ -264,16 +325,23 @@ def siglip(
       logit_scale: scalar log-scale (SigLIP initialises it to log(10)).
       logit_bias: scalar bias (SigLIP initialises it to -10).
       axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+      chunk_size: ``None`` (default) builds the local rows x global columns logits at once;
+        an int streams the pairs in ``chunk_size x chunk_size`` tiles (and around the device
+        ring under ``axis_name``), for global batches whose logits do not fit in memory.
 
     Returns:
       float32 scalar.
     """
     n, _ = _check_pair("siglip", "image_emb", image_emb, "text_emb", text_emb)
+    streaming.check_chunk_size("siglip", chunk_size)
     scale = jnp.exp(_scalar("siglip", "logit_scale", logit_scale))
     bias = _scalar("siglip", "logit_bias", logit_bias)
     a, b = _l2_normalize(image_emb), _l2_normalize(text_emb)
     index, devices = sharding.axis_index_and_size(axis_name)
     g = n * devices
+    if chunk_size is not None:
+        total = streaming.sigmoid_sum(a, b, scale, bias, chunk_size=chunk_size, axis_name=axis_name)
+        return _global_mean(total, g, axis_name)
     logits = scale * _similarity(a, sharding.all_gather_rows(b, axis_name)) + bias  # [n, g]
     matching = jnp.arange(g)[None, :] == (index * n + jnp.arange(n))[:, None]
     labels = jnp.where(matching, 1.0, -1.0)

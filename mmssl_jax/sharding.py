@@ -186,3 +186,26 @@ def use_with_rows(statistic: jax.Array, rows: jax.Array, axis_name: str | None) 
     if axis_name is None or axis_name in _varying_axes(rows):
         return statistic
     return _identity_with_psum_transpose(statistic, axis_name)
+
+
+def ring_shift(x: Any, axis_name: str) -> Any:
+    """Passes a pytree one step around the device ring: device ``i`` sends to ``i + 1``.
+
+    After ``k`` shifts device ``i`` holds what device ``i - k`` (mod the ring size) started with;
+    after a full circle every block is home. Its transpose is the shift the other way, so
+    gradients travel back around the ring.
+    """
+    devices = lax.axis_size(axis_name)
+    perm = [(i, (i + 1) % devices) for i in range(devices)]
+    return jax.tree.map(lambda leaf: lax.ppermute(leaf, axis_name, perm), x)
+
+
+def vary_like(x: jax.Array, like: jax.Array) -> jax.Array:
+    """``x`` typed as varying along every mesh axis ``like`` varies along (``shard_map`` types).
+
+    A replicated value (a learnable scale, a shared queue) that enters a per-device computation
+    is cast with ``pcast``, whose transpose sums the devices' gradients, as ``shard_map`` does
+    implicitly for ordinary operations. Identity under ``pmap`` and outside ``shard_map``.
+    """
+    axes = tuple(sorted(_varying_axes(like) - _varying_axes(x)))
+    return lax.pcast(x, axes, to="varying") if axes else x

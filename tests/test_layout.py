@@ -20,7 +20,8 @@ PACKAGE = ROOT / "mmssl_jax"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("tf_compat", "config_base"),
     ("sharding",),
-    ("losses", "reporting"),
+    ("streaming",),
+    ("losses", "reporting", "gradcache"),
     ("models",),
     ("text",),
     ("data",),

@@ -8,6 +8,7 @@ sharded paths over 8 simulated CPU devices (shard_map, pmap, jit on a sharded gl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -452,3 +453,176 @@ def test_errors_name_the_argument_and_raise_at_trace_time():
         losses.negative_cosine(jnp.zeros((3,)), jnp.zeros((4, 3)))
     with pytest.raises(TypeError, match=r"`z1`.*int32"):
         losses.barlow_twins(jnp.ones((4, 3), jnp.int32), jnp.ones((4, 3), jnp.int32))
+
+
+# ----------------------------------------------------------------------------- chunk_size
+
+
+STREAMED = [c for c in CASES if c.name in ("nt_xent", "info_nce", "info_nce_queue", "clip", "siglip")]
+
+_QUEUE = np.random.default_rng(321).normal(size=(11, 6))  # 11 columns: no chunk size below divides it
+
+CHUNKED_CALLS = {  # name -> fn(z1, z2, axis_name=None, chunk_size=None, **hyper)
+    "nt_xent": lambda a, b, t=0.2, **kw: losses.nt_xent(a, b, temperature=t, **kw),
+    "info_nce": lambda a, b, t=0.3, **kw: losses.info_nce(a, b, temperature=t, **kw),
+    "info_nce_queue": lambda a, b, t=0.3, queue=None, **kw: losses.info_nce(
+        a, b, temperature=t, negatives=jnp.asarray(_QUEUE if queue is None else queue, jnp.float32), **kw),
+    "clip": lambda a, b, t=1 / np.exp(1.5), **kw: losses.clip(a, b, logit_scale=-jnp.log(t), **kw),
+    "siglip": lambda a, b, t=1 / np.exp(1.2), **kw: losses.siglip(a, b, logit_scale=-jnp.log(t), logit_bias=-2.0, **kw),
+}
+CHUNKED_REFERENCES = {
+    "nt_xent": lambda a, b, t=0.2: ref.nt_xent(a, b, t),
+    "info_nce": lambda a, b, t=0.3: ref.info_nce(a, b, t),
+    "info_nce_queue": lambda a, b, t=0.3: ref.info_nce(a, b, t, negatives=_QUEUE),
+    "clip": lambda a, b, t=1 / np.exp(1.5): ref.clip(a, b, -np.log(t)),
+    "siglip": lambda a, b, t=1 / np.exp(1.2): ref.siglip(a, b, -np.log(t), -2.0),
+}
+STREAMED_NAMES = list(CHUNKED_CALLS)
+
+
+def _value_and_grads(fn, **kw):
+    """Jitted value and gradients with respect to both embeddings."""
+    return jax.jit(jax.value_and_grad(lambda a, b: fn(a, b, **kw), argnums=(0, 1)))
+
+
+def _assert_same_value_and_grads(got, want, rtol=1e-5, atol=1e-7):
+    (g_value, g_grads), (w_value, w_grads) = got, want
+    np.testing.assert_allclose(np.asarray(g_value), float(w_value), rtol=rtol, atol=atol)
+    for g, w in zip(g_grads, w_grads):
+        np.testing.assert_allclose(np.asarray(g, np.float32).reshape(w.shape), np.asarray(w, np.float32), rtol=10 * rtol, atol=atol)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 64], ids=["3-does-not-divide-16", "64-exceeds-16"])
+@pytest.mark.parametrize("name", STREAMED_NAMES)
+def test_chunked_equals_unchunked_and_the_reference(name, chunk_size):
+    fn = CHUNKED_CALLS[name]
+    z1, z2 = pair(batch=16, seed=30)
+    want = _value_and_grads(fn)(z1, z2)
+    got = _value_and_grads(fn, chunk_size=chunk_size)(z1, z2)
+    _assert_same_value_and_grads(got, want)
+    np.testing.assert_allclose(float(got[0]), CHUNKED_REFERENCES[name](z1, z2), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", STREAMED_NAMES)
+def test_chunked_gradients_match_finite_differences_of_the_reference(name):
+    z1, z2 = pair(batch=5, dim=6, seed=31)
+    fn, reference = CHUNKED_CALLS[name], CHUNKED_REFERENCES[name]
+    _, (g1, g2) = _value_and_grads(fn, chunk_size=2)(z1, z2)
+    np.testing.assert_allclose(np.asarray(g1), _fd_gradient(lambda x: reference(x, z2), z1), rtol=1e-3, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(g2), _fd_gradient(lambda x: reference(z1, x), z2), rtol=1e-3, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", STREAMED_NAMES)
+def test_chunked_gradient_of_the_temperature_equals_unchunked(name):
+    """The learnable temperature / logit_scale (and SigLIP's bias) flow through the custom_vjp."""
+    z1, z2 = pair(batch=9, seed=32)
+    fn = CHUNKED_CALLS[name]
+    want = jax.jit(jax.grad(lambda t: fn(z1, z2, t=t)))(0.25)
+    got = jax.jit(jax.grad(lambda t: fn(z1, z2, t=t, chunk_size=4)))(0.25)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    if name == "siglip":
+        bias = lambda b, **kw: losses.siglip(z1, z2, logit_scale=1.0, logit_bias=b, **kw)  # noqa: E731
+        np.testing.assert_allclose(float(jax.jit(jax.grad(lambda b: bias(b, chunk_size=4)))(-3.0)),
+                                   float(jax.jit(jax.grad(bias))(-3.0)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", STREAMED_NAMES)
+def test_chunked_is_stable_at_temperature_0_01(name):
+    """At t = 0.01 logits reach +-100: the running max must rescale every partial sum."""
+    rng = np.random.default_rng(33)
+    z1 = rng.normal(size=(16, 8)).astype(np.float32)
+    queue = rng.normal(size=(11, 8))
+    fn = functools.partial(CHUNKED_CALLS[name], t=0.01, **({"queue": queue} if name == "info_nce_queue" else {}))
+    plain, chunked = _value_and_grads(fn), _value_and_grads(fn, chunk_size=5)
+    for z2 in (z1, rng.normal(size=z1.shape).astype(np.float32), -z1):  # aligned, random, opposite
+        got = chunked(z1, z2)
+        assert np.isfinite(float(got[0])) and all(np.all(np.isfinite(np.asarray(g))) for g in got[1])
+        _assert_same_value_and_grads(got, plain(z1, z2), rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", STREAMED_NAMES)
+def test_chunked_bfloat16_inputs_give_float32_math(name):
+    z1, z2 = pair(seed=34)
+    b1, b2 = jnp.asarray(z1, jnp.bfloat16), jnp.asarray(z2, jnp.bfloat16)
+    fn = CHUNKED_CALLS[name]
+    value, grads = _value_and_grads(fn, chunk_size=3)(b1, b2)
+    assert value.dtype == jnp.float32 and all(g.dtype == jnp.bfloat16 for g in grads)
+    want = _value_and_grads(fn)(b1, b2)
+    _assert_same_value_and_grads((value, grads), want, rtol=1e-5, atol=1e-6)
+    rounded = [np.asarray(b, np.float64) for b in (b1, b2)]
+    np.testing.assert_allclose(float(value), CHUNKED_REFERENCES[name](*rounded), rtol=2e-5, atol=2e-5)
+
+
+def _sharded_value_and_grad(fn, mesh, z1, z2, **kw):
+    per_device = jax.value_and_grad(lambda a, b: fn(a, b, axis_name=AXIS, **kw), argnums=(0, 1))
+    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)),
+                                 out_specs=(P(), (P(AXIS), P(AXIS)))))(*_shard(mesh, z1, z2))
+
+
+@pytest.mark.parametrize("name", STREAMED_NAMES)
+def test_chunked_ring_over_8_devices_equals_unsharded(name):
+    """Local batch 6 per device: chunk 4 leaves a padded tile, chunk 3 divides, 6 is one tile."""
+    z1, z2 = pair(batch=6 * DEVICES, seed=35)
+    fn = CHUNKED_CALLS[name]
+    want = _value_and_grads(fn)(z1, z2)
+    mesh = _mesh()
+    for chunk_size in (4, 3):
+        _assert_same_value_and_grads(_sharded_value_and_grad(fn, mesh, z1, z2, chunk_size=chunk_size), want, atol=1e-6)
+
+
+def test_chunked_under_pmap_equals_unsharded():
+    z1, z2 = pair(batch=4 * DEVICES, seed=36)
+    fn = CHUNKED_CALLS["clip"]
+    want = jax.value_and_grad(fn, argnums=(0, 1))(z1, z2)
+    per_device = jax.value_and_grad(lambda a, b: fn(a, b, axis_name=AXIS, chunk_size=3), argnums=(0, 1))
+    split = lambda x: x.reshape(DEVICES, -1, x.shape[-1])  # noqa: E731
+    value, grads = jax.pmap(per_device, axis_name=AXIS, devices=jax.devices()[:DEVICES])(split(z1), split(z2))
+    _assert_same_value_and_grads((value[0], grads), want, atol=1e-6)
+
+
+def test_chunked_ring_gives_replicated_scalars_and_the_queue_their_global_gradient():
+    """Under shard_map a replicated logit_scale / bias / MoCo queue gets the full gradient."""
+    z1, z2 = pair(batch=4 * DEVICES, seed=37)
+    mesh = _mesh()
+    shard = lambda f, n: jax.jit(jax.shard_map(f, mesh=mesh, in_specs=(P(AXIS), P(AXIS)) + (P(),) * n,  # noqa: E731
+                                               out_specs=(P(),) * n))
+    siglip = lambda a, b, s, t, **kw: losses.siglip(a, b, logit_scale=s, logit_bias=t, **kw)  # noqa: E731
+    want = jax.grad(siglip, argnums=(2, 3))(z1, z2, 1.0, -1.0)
+    got = shard(jax.grad(lambda a, b, s, t: siglip(a, b, s, t, axis_name=AXIS, chunk_size=3), argnums=(2, 3)), 2)(
+        *_shard(mesh, z1, z2), jnp.float32(1.0), jnp.float32(-1.0))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
+    queue = jnp.asarray(_QUEUE, jnp.float32)
+    moco = lambda a, b, q, **kw: losses.info_nce(a, b, temperature=0.2, negatives=q, **kw)  # noqa: E731
+    want = jax.grad(moco, argnums=2)(z1, z2, queue)
+    got = shard(jax.grad(lambda a, b, q: moco(a, b, q, axis_name=AXIS, chunk_size=4), argnums=(2,)), 1)(
+        *_shard(mesh, z1, z2), queue)
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", STREAMED_NAMES)
+def test_chunked_ring_memory_is_a_tile_not_local_times_global(name):
+    """Per device: no all_gather, columns come by ppermute, and no intermediate of the loss or its
+    gradient is larger than the (two-view) local embeddings or one chunk x chunk tile."""
+    local, dim, chunk = 16, 6, 4
+    global_batch = local * DEVICES
+    mesh = _mesh()
+    per_device = jax.value_and_grad(lambda a, b: CHUNKED_CALLS[name](a, b, axis_name=AXIS, chunk_size=chunk), argnums=(0, 1))
+    fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=(P(), (P(AXIS), P(AXIS))))
+    z = jax.ShapeDtypeStruct((global_batch, dim), jnp.float32)
+    outer = jax.make_jaxpr(fn)(z, z).jaxpr
+    body = [e for e in outer.eqns if e.primitive.name == "shard_map"][0].params["jaxpr"]
+    text = str(body)
+    assert "all_gather" not in text
+    if name != "info_nce_queue":
+        assert "ppermute" in text
+    sizes = [math.prod(a.shape) for a in _all_avals(body) if hasattr(a, "shape")]
+    assert max(sizes) <= max(2 * local * dim, chunk * chunk, _QUEUE.size)
+    assert max(sizes) < local * global_batch
+
+
+@pytest.mark.parametrize("name", STREAMED_NAMES)
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "4"])
+def test_bad_chunk_size_raises_value_error_naming_it(name, bad):
+    z1, z2 = pair(batch=4)
+    with pytest.raises(ValueError, match="`chunk_size` must be a positive int"):
+        CHUNKED_CALLS[name](z1, z2, chunk_size=bad)
