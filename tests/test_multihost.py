@@ -10,6 +10,7 @@ embedded dataset at a tiny size, tiny models and 20 steps; the 1-process referen
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,11 +46,20 @@ def cli_overrides(config, name: str) -> list[str]:
     return out
 
 
-def run_processes(name: str, config, workdir: Path, *, num_processes: int = 2, kill_when=None):
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory) -> dict[str, str]:
+    """A persistent XLA cache the launched runs share: a restarted run compiles nothing again."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def run_processes(name: str, config, workdir: Path, env: dict[str, str], *, kill_when=None):
+    """``python -m mmssl_jax.main`` as 2 processes x 4 CPU devices on ``config`` (as overrides)."""
     command = [sys.executable, "-m", "mmssl_jax.main", f"--config=configs/{name}.py", *cli_overrides(config, name),
                f"--workdir={workdir}"]
-    return launch.launch(command, num_processes=num_processes, devices_per_process=4, timeout=420, cwd=REPO,
-                         log_dir=workdir.parent / f"{workdir.name}_logs", kill_when=kill_when)
+    return launch.launch(command, num_processes=2, devices_per_process=4, timeout=420, cwd=REPO,
+                         env={**os.environ, **env}, log_dir=workdir.parent / f"{workdir.name}_logs",
+                         kill_when=kill_when)
 
 
 def losses(workdir: Path) -> list[float]:
@@ -67,9 +77,13 @@ def final_params(workdir: Path):
 
 
 def assert_close_trees(a, b, rtol):
+    """Each leaf within ``rtol`` of its elements or, for elements near 0, of its largest one, with
+    a floor of 1e-5: 20 steps of float32 summation-order noise leave ~1e-6 on parameters that
+    stay near 0 (a BatchNorm bias of 3e-5 differed by 1e-6)."""
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=max(1e-5, rtol * float(np.max(np.abs(y)))),
+                                   err_msg=jax.tree_util.keystr(path))
 
 
 def test_each_process_reads_its_own_rows_and_an_epoch_covers_every_example_once(data_dir, tmp_path):
@@ -103,7 +117,7 @@ json.dump(ids, open(f"{tmp_path}/ids_{{jax.process_index()}}.json", "w"))
     assert [list(b["image_id"]) for b in one] == [a + b for a, b in zip(*parts)]
 
 
-def test_clip_on_two_processes_trains_and_evaluates_as_one(data_dir, tmp_path):
+def test_clip_on_two_processes_trains_and_evaluates_as_one(data_dir, compilation_cache, tmp_path):
     """CLIP, 20 steps: the loss trajectory and the final parameters of 2 processes x 4 devices
     match 1 process x 8 devices; the evaluation (probe, kNN, retrieval) of the 2-process run, on
     splits that divide by neither the processes nor the batch, gives the metrics one process
@@ -120,7 +134,7 @@ def test_clip_on_two_processes_trains_and_evaluates_as_one(data_dir, tmp_path):
     config.eval.knn_k = (5,)
     config.eval.probe_iters = 50
     multi = tmp_path / "multi"
-    results = run_processes("clip", config, multi)
+    results = run_processes("clip", config, multi, compilation_cache)
 
     np.testing.assert_allclose(losses(multi), losses(single), rtol=2e-4)
     assert_close_trees(final_params(multi), final_params(single), rtol=2e-4)
@@ -155,25 +169,33 @@ def test_clip_on_two_processes_trains_and_evaluates_as_one(data_dir, tmp_path):
     assert "step 1/" not in out1 and "Finished" not in out1 and "Recipe" not in out1
 
 
-def test_simclr_on_two_processes_killed_mid_run_resumes_to_the_single_process_result(data_dir, tmp_path):
+def test_simclr_on_two_processes_killed_mid_run_resumes_to_the_single_process_result(data_dir, compilation_cache,
+                                                                                     tmp_path):
     """SimCLR, 20 steps, a checkpoint every 10: one of the two processes is killed (SIGKILL) after
     the first checkpoint, both are restarted, and the run resumes from step 10 (each process's
     data iterator included) to the loss trajectory and parameters of an uninterrupted
-    1-process x 8-device run."""
+    1-process x 8-device run.
+
+    At SimCLR's own learning rate this tiny run is chaotic: the float summation order of the
+    cross-process reductions (gloo versus one process's), ~1e-7 per step, grows about 3x per step
+    from step 8 and passes 2e-4 at step 11, in an uninterrupted 2-process run as much as in a
+    resumed one. At a tenth of it the trajectories stay within that tolerance, so a difference
+    in the data or in the resumed state is what would fail here."""
     config = tiny(load_config("simclr"), data_dir, steps=STEPS)
+    config.optimizer.learning_rate /= 10
     config.checkpoint_every = 10
     single = tmp_path / "single"
     train.train_and_evaluate(config, single)
 
     multi = tmp_path / "multi"
     first = multi / "checkpoints" / "10" / "commit_success.txt"
-    run_processes("simclr", config, multi, kill_when=(1, first.exists))
+    run_processes("simclr", config, multi, compilation_cache, kill_when=(1, first.exists))
     assert first.exists() and not (multi / "summary.json").exists()
     saved = sorted((multi / "checkpoints" / "10" / "data").glob("process_*.json"))
     assert [p.name for p in saved] == ["process_0-of-2.json", "process_1-of-2.json"]
     assert all(json.loads(p.read_text())["next_index"] == 10 * 8 for p in saved)  # 8 rows per step each
 
-    resumed = run_processes("simclr", config, multi)
+    resumed = run_processes("simclr", config, multi, compilation_cache)
     assert "Resumed from step 10 " in resumed[0].output, resumed[0].output[-3000:]
     np.testing.assert_allclose(losses(multi), losses(single), rtol=2e-4)
     assert_close_trees(final_params(multi), final_params(single), rtol=2e-4)
