@@ -237,8 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = launch(command, num_processes=args.num_processes, devices_per_process=args.devices_per_process,
                          timeout=args.timeout, log_dir=args.log_dir, echo_first=True)
-    except LaunchError as e:
-        print(f"\nmmssl_jax.launch: {e}", file=sys.stderr)
+    except LaunchError as e:  # process 0's output is on the console already: the others' tails
+        others = format_logs([r for r in e.results if r.process_id != 0])
+        print(f"\nmmssl_jax.launch: {str(e).splitlines()[0]}\n{others}", file=sys.stderr)
         return 1
     print(f"mmssl_jax.launch: {len(results)} processes finished; logs in {results[0].log.parent}")
     return 0
