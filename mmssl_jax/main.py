@@ -2,14 +2,13 @@
 
 The same command runs on one CPU, one GPU, a TPU VM or a multi-host pod: with several
 processes (a TPU pod slice, SLURM, or ``--coordinator_address``/``--num_processes``/
-``--process_id``), ``jax.distributed.initialize()`` is called first and every process runs
-the same program on its slice of the batch.
+``--process_id``, or ``python -m mmssl_jax.launch`` on one machine), ``jax.distributed.initialize()``
+is called first and every process runs the same program on its slice of the batch.
 """
 
 from __future__ import annotations
 
 import logging as std_logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,17 +30,6 @@ _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Print the recipe card, compile one training step, print its per-device memory and "
     "FLOPs, and exit without training (the card is also written to <workdir>/recipe.md)."
 )
-
-
-def _multi_process_environment() -> bool:
-    """True when the launcher says this is one of several processes (TPU pod, SLURM, MPI...)."""
-    if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
-        if int(os.environ.get(var, "1") or 1) > 1:
-            return True
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return "," in hosts
 
 
 def _default_workdir(config_path: str) -> str:
@@ -69,10 +57,9 @@ def main(argv: list[str]) -> None:
     import_tensorflow()
     import jax
 
-    if _multi_process_environment():
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
-        )
+    from mmssl_jax import launch
+
+    launch.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from mmssl_jax import train
 
     config_path = flags.FLAGS["config"].config_filename

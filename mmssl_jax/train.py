@@ -197,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
 
     # Mesh: every device of every host, batch split on the data axis.
     mesh = sharding.make_mesh()
-    # Input: the prepared dataset, this process's slice, shuffled and augmented.
+    # Input: the prepared dataset, shuffled and augmented; this process's rows of each global batch.
     source = inputs.train_source(config)
     plan = optim.plan_run(config, len(source))
     total_steps = plan.total_micro_steps
@@ -301,8 +301,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 history.append((step, row))
                 last.update(row)
             if step % config.checkpoint_every == 0 or step == total_steps:
-                checkpoints.save(manager, step, state, iterator, config)
+                # History first: a run killed between the two resumes with every row it logged
+                # (rows past the checkpoint it resumes from are dropped on resume).
                 reporting.save_history(workdir, history)
+                checkpoints.save(manager, step, state, iterator, config)
     finally:
         writer.flush()
         manager.close()

@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # collected first, so that pytest-xdist hands them out at the start and the two workers finish
 # together instead of one of them running a long test alone at the end.
 SLOW_FIRST = (
+    "test_multihost.py",  # 2-process runs (xdist_group: one worker runs them all, ~6 minutes)
     "test_train.py::test_a_run_killed",
     "test_evaluate.py",  # its trained-checkpoint tests share one module fixture (xdist_group)
     "test_colabs.py::test_notebook_runs",

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mmssl_jax"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("tf_compat", "config_base"),
+    ("tf_compat", "config_base", "launch"),
     ("sharding",),
     ("streaming",),
     ("losses", "reporting", "gradcache"),

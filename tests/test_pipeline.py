@@ -80,16 +80,38 @@ def test_same_seed_same_stream_and_new_order_each_epoch():
 
 
 def test_processes_read_disjoint_slices_that_cover_the_data():
-    records = make_records(n=24)
+    records = make_records(n=48)
     seen = []
     for process in range(3):
         ds = pipeline.train_dataset(
-            records, batch_size=8, seed=0, image_views={}, keep=("image_id",),
+            records, batch_size=24, seed=0, image_views={}, keep=("image_id",),
             process_index=process, process_count=3, num_epochs=1,
         )
-        seen.append(set(int(i) for batch in ds for i in batch["image_id"]))
-    assert all(len(s) == 8 for s in seen)
-    assert set.union(*seen) == set(range(24))
+        seen.append([int(i) for batch in ds for i in batch["image_id"]])
+    assert all(len(s) == 16 for s in seen)  # 2 global batches of 24, 8 rows each
+    assert sorted(sum(seen, [])) == list(range(48))  # every record once, none twice
+
+
+def test_the_global_batch_does_not_depend_on_the_number_of_processes():
+    """Process p's rows, in process order, are the batch one process reads: ids, crops and
+    caption draws, across an epoch boundary (20 records, global batch 8)."""
+    records = make_records(n=20)
+
+    def stream(process: int, count: int) -> list[dict]:
+        return batches(pipeline.train_dataset(
+            records, batch_size=8, seed=5, image_views=views(), text_views=("text",), keep=("image_id",),
+            process_index=process, process_count=count,
+        ), 6)
+
+    one = stream(0, 1)
+    for count in (2, 4):
+        parts = [stream(p, count) for p in range(count)]
+        for step, want in enumerate(one):
+            for key in want:
+                got = np.concatenate([part[step][key] for part in parts])
+                np.testing.assert_array_equal(got, want[key], err_msg=f"{count} processes, step {step}, {key}")
+    with pytest.raises(ValueError, match="multiple of the 3 processes"):
+        pipeline.train_dataset(records, batch_size=8, seed=0, image_views={}, process_index=0, process_count=3)
 
 
 def test_restoring_the_iterator_state_gives_the_same_next_batches():
@@ -141,12 +163,13 @@ def test_corrupt_images_are_skipped_and_counted(caplog):
     records[7]["image"] = b""
     before = pipeline.SKIPPED.count
     ds = pipeline.train_dataset(
-        records, batch_size=6, seed=0, image_views=views(), keep=("image_id",), num_epochs=1
+        records, batch_size=5, seed=0, image_views=views(), keep=("image_id",), num_epochs=1
     )
     with caplog.at_level(logging.WARNING, logger="mmssl_jax.data.pipeline"):
         ids = [int(i) for batch in ds for i in batch["image_id"]]
     assert pipeline.SKIPPED.count - before == 2
-    assert len(ids) == 18 and 3 not in ids and 7 not in ids  # 18 good records, 3 full batches
+    # 4 global batches of 5 are read; 18 good records fill 3 (the rest is a partial batch, dropped).
+    assert len(ids) == 15 and 3 not in ids and 7 not in ids
     assert "undecodable image" in caplog.text and "2 skipped so far" in caplog.text
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-
 from mmssl_jax.data import augment, pipeline
 
 
@@ -46,11 +44,11 @@ def train_source(config) -> Sequence[Mapping[str, Any]]:
 
 
 def make_input(config, source, *, seed: int):
-    """The per-process training stream for a config (see ``mmssl_jax.data.pipeline``)."""
-    per_process = config.input.batch_size // jax.process_count()
+    """This process's rows of the global training stream a config describes (see
+    ``mmssl_jax.data.pipeline``): the same global batches whatever the number of processes."""
     return pipeline.train_dataset(
         source,
-        batch_size=per_process,
+        batch_size=config.input.batch_size,
         seed=seed,
         image_views=augment_configs(config),
         text_views=text_views(config),

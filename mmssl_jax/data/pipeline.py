@@ -13,10 +13,15 @@ Work is split where it is cheapest:
 * device, per batch, inside the jitted step: the colour operations
   (:func:`device_augment`, dm-pix, vmapped with per-sample keys).
 
-Everything is deterministic given the seed: each process shuffles its own slice of the
-records with a new permutation every epoch, and each record's random crops and caption draws
-come from a generator seeded by (seed, epoch, index). The iterator's ``get_state()`` /
-``set_state()`` resume the stream exactly, which the trainer stores in every checkpoint.
+The stream does not depend on the topology (how many processes, how many devices): one seeded
+permutation of all the records per epoch makes a global stream, global batch ``t`` is its block
+``[t * B, (t + 1) * B)``, and process ``p`` of ``P`` takes rows ``[p * B / P, (p + 1) * B / P)`` of
+that block (:class:`ProcessRows`), so the processes' rows, in process order, are the batch one
+process would read. Each example's random crops and caption draws come from a generator seeded by
+(seed, its position in the global stream), the device-side colour draws from the step's key and
+the row of the global batch. A pod run is thus reproduced on one machine. The iterator's
+``get_state()`` / ``set_state()`` resume this process's stream exactly, which the trainer stores in
+every checkpoint (one state per process).
 """
 
 from __future__ import annotations
@@ -169,11 +174,12 @@ def train_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.IterDataset:
-    """The training stream: shuffled each epoch, augmented, batched to the per-process batch.
+    """This process's rows of the global training stream: shuffled each epoch, augmented, batched.
 
     Args:
       source: random-access records (see the module docstring).
-      batch_size: examples per batch on this process (global batch / process count).
+      batch_size: the global batch, over every process; each process's batches hold
+        ``batch_size // process_count`` rows (see the module docstring for which).
       seed: the one seed for shuffling, crops and caption draws.
       image_views: view name -> host-side augmentation (e.g. ``{"image1": cfg, "image2": cfg}``).
       text_views: names of the caption-embedding views (``("text",)`` or ``("text", "text2")``).
@@ -181,26 +187,30 @@ def train_dataset(
       keep: record fields copied into every sample (``"label"``...).
       num_epochs: ``None`` repeats forever.
       worker_count: grain worker processes for decoding and cropping (0: in this process).
-      process_index, process_count: this process's slice of the records; default from JAX.
+      process_index, process_count: which rows of each global batch this process reads;
+        default from JAX.
 
     Returns:
       A ``grain.IterDataset``; ``iter()`` it for a checkpointable iterator of batches
-      (dicts of arrays with a leading ``batch_size`` dimension). The last partial batch of a
-      finite stream is dropped so every step has the same shape.
+      (dicts of arrays with a leading ``batch_size // process_count`` dimension). The last
+      partial global batch of a finite stream is dropped so every step has the same shape. A
+      record skipped as unusable is replaced by this process's next row, so only then do the
+      processes' batches differ from one process's.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    if len(source) < process_count * batch_size:
-        raise ValueError(
-            f"the source has {len(source)} records, fewer than one batch of {batch_size} for each "
-            f"of {process_count} processes"
-        )
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    ds = ds.seed(seed + process_index).shuffle().repeat(num_epochs)
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(f"batch_size={batch_size} (the global batch) must be a positive multiple of the "
+                         f"{process_count} processes")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
+    if len(source) < batch_size:
+        raise ValueError(f"the source has {len(source)} records, fewer than one batch of {batch_size} (the global batch)")
+    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
     ds = ds.random_map(MakeViews(image_views, text_views, caption_mode, keep))
-    it = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+    per_process = batch_size // process_count
+    ds = ProcessRows(ds, per_process=per_process, process_index=process_index, process_count=process_count)
+    it = ds.to_iter_dataset().batch(per_process, drop_remainder=True)
     if worker_count > 0:
         # grain's workers read absl flags; outside an absl app (Colab, pytest) nobody parsed them.
         from absl import flags
@@ -209,6 +219,27 @@ def train_dataset(
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it
+
+
+class ProcessRows(grain.MapDataset):
+    """Process ``p``'s rows of every global batch: the global stream's elements
+    ``t * B + p * b + r`` for ``r < b``, in order (``b`` rows per process, ``B = b * P``)."""
+
+    def __init__(self, parent: grain.MapDataset, *, per_process: int, process_index: int, process_count: int):
+        super().__init__(parent)
+        self._b, self._p, self._global = per_process, process_index, per_process * process_count
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._global * self._b
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        t, r = divmod(index, self._b)
+        return self._parent[t * self._global + self._p * self._b + r]
+
+    def __str__(self) -> str:
+        return f"ProcessRows(per_process={self._b}, process_index={self._p}, global_batch={self._global})"
 
 
 class _EvalView(grain.transforms.Map):

@@ -82,8 +82,16 @@ def restore_for_eval(checkpoint_dir: str | Path, step: int | None = None,
                 f"({expected.get('method', '?')}); they differ in {', '.join(sections)}: "
                 + "; ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else "")
             )
-    # The state as saved (no target tree): only params and batch statistics are used.
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    # The state as saved, replicated on this run's devices (only params and batch statistics are
+    # used): the checkpoint may come from another topology (a pod's processes, other devices),
+    # which a restore without a target tree refuses.
+    metadata = ocp.CheckpointManager(
+        root, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    ).item_metadata(step)["state"]
+    replicated = sharding.replicated(sharding.make_mesh())
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), metadata)
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     manager.close()
     return train_config, step, state["params"], state.get("batch_stats") or {}
 
