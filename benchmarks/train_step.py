@@ -295,7 +295,9 @@ def bench(name: str, dtype: str, batch: int, warmup: int, steps: int, peak_overr
     example = {k: jnp.asarray(v[:2]) for k, v in host.items()}
     example = pipeline.device_augment(example, jax.random.key(0), image_views)
     params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), example, train=False))["params"]
-    tx, schedule = optim.make_optimizer(config, params_shape, config.num_steps)
+    # The trainer's plan: num_steps updates, 100 per "epoch" so epoch-based warmups fit (LR shape only).
+    optimizer = optim.make_optimizer(config, params_shape, optim.plan_run(config, 100 * batch))
+    tx = optimizer.tx
     start = time.perf_counter()
     init = jax.jit(functools.partial(train._init_state, model, tx, config), out_shardings=replicated)
     state = jax.block_until_ready(init(example, jax.random.PRNGKey(config.seed)))
@@ -303,7 +305,7 @@ def bench(name: str, dtype: str, batch: int, warmup: int, steps: int, peak_overr
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
 
     step_fn = jax.jit(
-        train.make_train_step(model, tx, schedule, config),
+        train.make_train_step(model, optimizer, config),
         in_shardings=(replicated, sharding.batch_sharding(mesh)),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
