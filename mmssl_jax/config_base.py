@@ -61,6 +61,13 @@ def base_config() -> ml_collections.ConfigDict:
     # A target branch (EMA of the online parameters) is config.ema = ema_config(...), read by
     # loss-term sides "VIEW@momentum"; MoCo's queue is config.moco (queue_size, key_view).
 
+    c.loss = ml_collections.ConfigDict()
+    # > 0: the loss terms run on the device ring (shard_map over the data axis): each contrastive
+    # term (and its accuracy) streams chunk_size x chunk_size tiles of logits, the other devices'
+    # embeddings passed around a ppermute ring, never gathered. Same loss to float32 rounding;
+    # for global batches whose logits do not fit (slower than the default below ~4k). 0: off.
+    c.loss.chunk_size = 0
+
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # "lars", "adamw" or "sgd".
     c.optimizer.learning_rate = 1e-3  # Base learning rate, scaled by lr_scaling.

@@ -7,6 +7,12 @@ A side names a view and where its embedding comes from: ``"image1"`` is the head
 of the online branch, ``"image1:p"`` its predictor's output (BYOL, SimSiam, MoCo v3) and
 ``"image2@momentum"`` the head's output of the target branch (the EMA copy: MoCo, BYOL). The
 trainer computes exactly the views and branches the terms name (:func:`branch_views`).
+
+With ``config.loss.chunk_size`` the trainer computes the objective on the device ring
+(:func:`ring_method_loss`): inside ``shard_map`` over the data axis, each device holds its own
+rows of every embedding, and every contrastive term (and its accuracy metric) streams the other
+devices' columns around a ``ppermute`` ring in ``chunk_size`` tiles (:mod:`mmssl_jax.streaming`).
+The values and gradients are those of the global-batch objective, to float32 rounding.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
-from mmssl_jax import losses
+from mmssl_jax import losses, sharding, streaming
 
 LOSS_FNS: dict[str, Callable[..., jax.Array]] = {
     "nt_xent": losses.nt_xent,
@@ -76,15 +83,21 @@ def method_loss(
     scalars: Mapping[str, jax.Array],
     terms: Sequence[Mapping[str, Any]],
     queue: jax.Array | None = None,
+    *,
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The weighted sum of a method's loss terms, and the metrics to log.
 
     Args:
-      z: side name -> embeddings ``[B, dim]`` (:func:`side_embeddings`).
+      z: side name -> embeddings ``[B, dim]`` (:func:`side_embeddings`); with ``axis_name``,
+        this device's rows.
       scalars: learnable scalars (``logit_scale``, ``logit_bias``) by name.
       terms: each ``{"a", "b", "loss", "weight", "kwargs"}``; a kwarg value ``"learned:NAME"``
         is replaced by the learnable scalar NAME, ``"queue"`` by the MoCo queue.
       queue: the MoCo queue ``[K, dim]`` if the method has one.
+      chunk_size: streams every contrastive term and its accuracy in tiles of this size.
+      axis_name: the data axis inside ``shard_map`` (every loss then sees the global batch).
     """
     total = jnp.zeros((), jnp.float32)
     metrics = {}
@@ -96,12 +109,19 @@ def method_loss(
             elif isinstance(value, str) and value == "queue":
                 value = jax.lax.stop_gradient(queue)
             kwargs[key] = value
+        contrastive = term["loss"] in CONTRASTIVE
+        if contrastive and chunk_size:
+            kwargs["chunk_size"] = chunk_size
         a, b = z[term["a"]], z[term["b"]]
-        value = LOSS_FNS[term["loss"]](a, b, **kwargs)
+        value = LOSS_FNS[term["loss"]](a, b, axis_name=axis_name, **kwargs)
         name = term_name(term)
         metrics[f"loss/{name}"] = value
-        if term["loss"] in CONTRASTIVE:
-            metrics[f"accuracy/{name}"] = losses.positive_pair_accuracy(a, b)
+        if contrastive and chunk_size:
+            hits = streaming.positive_pair_hits(a, b, chunk_size=chunk_size, axis_name=axis_name)
+            count = a.shape[0] * sharding.axis_index_and_size(axis_name)[1]
+            metrics[f"accuracy/{name}"] = sharding.global_sum(hits, axis_name) / count
+        elif contrastive:
+            metrics[f"accuracy/{name}"] = losses.positive_pair_accuracy(a, b, axis_name=axis_name)
         total = total + term.get("weight", 1.0) * value
     metrics["loss"] = total
     for name, value in scalars.items():
@@ -109,3 +129,26 @@ def method_loss(
         if name == "logit_scale":
             metrics["scalar/temperature"] = jnp.exp(-value)
     return total, metrics
+
+
+def ring_method_loss(
+    terms: Sequence[Mapping[str, Any]], *, chunk_size: int, mesh: Mesh, axis_name: str = sharding.DATA_AXIS,
+) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+    """:func:`method_loss` on the device ring: ``(z, scalars, queue) -> (loss, metrics)``.
+
+    ``z``'s global ``[B, dim]`` arrays enter ``shard_map`` split over ``axis_name`` (each device
+    its ``B / devices`` rows, no gather); the scalars and the queue enter replicated. Inside,
+    every contrastive term runs with ``axis_name`` and ``chunk_size`` (its columns travel the
+    ring, its logits stay in ``chunk_size`` tiles); the other terms with ``axis_name`` alone
+    (their batch statistics or per-sample terms summed over devices). The loss and metrics come
+    out replicated; the gradient with respect to ``z`` comes back split like ``z``, and the
+    scalars' gradient summed over devices (``shard_map``'s typed ``psum``).
+    """
+    streaming.check_chunk_size("ring_method_loss", chunk_size)
+    spec = PartitionSpec(axis_name)
+
+    def local(z, scalars, queue):
+        return method_loss(z, scalars, terms, queue, chunk_size=chunk_size, axis_name=axis_name)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, PartitionSpec(), PartitionSpec()),
+                         out_specs=PartitionSpec())

@@ -102,6 +102,7 @@ def recipe_card(config: ml_collections.ConfigDict, optimizer: optim.Optimizer, p
     model_rows += [(f"loss term x{t['weight']:g}", f"{t['loss']}({t['a']}, {t['b']}"
                     + "".join(f", {k}={v}" for k, v in dict(t.get("kwargs", {})).items()) + ")")
                    for t in config.loss_terms]
+    model_rows.append(("loss computation", _loss_line(config, plan)))
     model_rows.append(("views computed", f"online: {', '.join(online)}; target: {', '.join(target) or '-'}"))
     for name, value in dict(config.get("learned_scalars", {})).items():
         clamp = float(config.get("max_logit_scale", math.inf)) if name == "logit_scale" else math.inf
@@ -127,6 +128,8 @@ def card_summary(config: ml_collections.ConfigDict, optimizer: optim.Optimizer, 
     extra = ""
     if config.get("ema") is not None:
         extra = f"; EMA {config.ema.momentum:g} {config.ema.get('schedule', 'constant')}"
+    if _chunk_size(config):
+        extra += f"; chunk_size {_chunk_size(config)} on the device ring"
     return "\n".join([
         f"Recipe {config.get('method') or 'training'}: {plan.total_updates:,} updates ({plan.epochs:.3g} epochs) "
         f"at batch {plan.batch_per_update:,}, warmup {plan.warmup_updates:,}; {opt.name} "
@@ -134,6 +137,22 @@ def card_summary(config: ml_collections.ConfigDict, optimizer: optim.Optimizer, 
         f"  LR (end of warmup -> last update): {groups}; loss {terms}{extra}",
         f"  Full recipe card: {path}",
     ])
+
+
+def _chunk_size(config: ml_collections.ConfigDict) -> int:
+    return int(config.get("loss", {}).get("chunk_size", 0) or 0)
+
+
+def _loss_line(config: ml_collections.ConfigDict, plan: optim.RunPlan) -> str:
+    """How the loss terms meet the other devices' embeddings (``config.loss.chunk_size``)."""
+    devices = jax.device_count()
+    chunk = _chunk_size(config)
+    if not chunk:
+        return (f"jit on the global batch over {devices} devices (XLA gathers the embeddings: each device "
+                f"holds its rows x all {plan.batch_size:,} columns of logits); config.loss.chunk_size=0")
+    return (f"device ring: shard_map over the data axis, {devices} devices x {plan.batch_size // devices:,} rows; "
+            f"contrastive terms and accuracy in tiles of at most {chunk:,} x {chunk:,} logits, columns passed "
+            f"around a ppermute ring (config.loss.chunk_size={chunk})")
 
 
 def _optimizer_line(opt: ml_collections.ConfigDict) -> str:

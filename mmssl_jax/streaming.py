@@ -275,3 +275,53 @@ def _prepare(rows, cols, scale, bias) -> tuple[Array, Array, Array, Array]:
     # input (the scale, a shared queue) gets its gradient summed over devices by the cast.
     cols, scale, bias = (sharding.vary_like(jnp.asarray(x, jnp.float32), rows) for x in (cols, scale, bias))
     return rows, cols, jnp.reshape(scale, ()), jnp.reshape(bias, ())
+
+
+def positive_pair_hits(query: Array, key: Array, *, chunk_size: int, axis_name: str | None) -> Array:
+    """How many local rows of ``query`` find their own ``key`` row first among every key: streamed.
+
+    The count behind ``losses.positive_pair_accuracy`` (``argmax`` of the cosine similarities
+    against every key of the global batch, ties going to the lower index), computed tile by tile
+    with the keys travelling the device ring, so no device holds more than a
+    ``chunk_size x chunk_size`` block of similarities or another device's whole key matrix.
+    A metric: no gradient flows through it.
+
+    Args:
+      query, key: this device's ``[n, dim]`` paired embeddings (any float dtype; normalized here).
+      chunk_size: tile edge.
+      axis_name: the mapped axis inside ``shard_map``/``pmap``, or ``None``.
+
+    Returns:
+      float32 scalar: this device's count of hits (``global_sum`` it for the global count).
+    """
+    check_chunk_size("positive_pair_hits", chunk_size)
+    rows, cols = (lax.stop_gradient(x.astype(jnp.float32)) for x in (query, key))
+    rows, cols = (x * lax.rsqrt(jnp.maximum(jnp.sum(x * x, 1, keepdims=True), 1e-24)) for x in (rows, cols))
+    plan = _Plan("hits", int(chunk_size), axis_name, True)
+    n, m = rows.shape[0], cols.shape[0]
+    rc, nr = _tiles(n, plan.chunk)
+    cc, nc = _tiles(m, plan.chunk)
+    padded_rows = _pad(rows, rc * nr)
+    index = sharding.axis_index_and_size(axis_name)[0]
+
+    def tile(stationary, travelling, r0, c0, source):
+        dots = _similarity(_slice(padded_rows, r0, rc), _slice(travelling["cols"], c0, cc))
+        valid, _ = _masks(plan, n, m, r0, c0, source)
+        row = (index * n + r0 + jnp.arange(rc))[:, None]  # global sample indices
+        col = (source * m + c0 + jnp.arange(cc))[None, :]
+        best = lambda where: jnp.max(jnp.where(valid & where, dots, -jnp.inf), axis=1)  # noqa: E731
+        update = {"before": best(col < row), "after": best(col > row),
+                  "own": jnp.sum(jnp.where(valid & (col == row), dots, 0.0), axis=1)}
+        combine = {"before": jnp.maximum, "after": jnp.maximum, "own": jnp.add}
+        stationary = {k: lax.dynamic_update_slice_in_dim(
+            v, combine[k](_slice(v, r0, rc), update[k]), r0, 0) for k, v in stationary.items()}
+        return stationary, travelling
+
+    vary = functools.partial(sharding.vary_like, like=rows)
+    lines = {"before": vary(jnp.full((rc * nr,), -jnp.inf, jnp.float32)),
+             "after": vary(jnp.full((rc * nr,), -jnp.inf, jnp.float32)),
+             "own": vary(jnp.zeros((rc * nr,), jnp.float32))}
+    stationary, _ = _sweep(plan, n, m, tile, lines, {"cols": _pad(sharding.vary_like(cols, rows), cc * nc)})
+    # argmax picks the first maximum: the own key must beat every earlier key and tie no later one
+    hit = (stationary["own"] > stationary["before"]) & (stationary["own"] >= stationary["after"])
+    return jnp.sum(hit[:n].astype(jnp.float32))

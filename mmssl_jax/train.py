@@ -10,7 +10,11 @@ checkpoints (:mod:`~mmssl_jax.checkpoints`), evaluation (:mod:`mmssl_jax.evaluat
 Sharding: one data-parallel mesh over every device of every host. Parameters and optimizer
 state are replicated, the batch is sharded on its leading axis, and the step is ``jit``-ed on
 those global arrays, so XLA computes BatchNorm statistics and the contrastive losses over the
-global batch (negatives from every device) with no hand-written collectives.
+global batch (negatives from every device) with no hand-written collectives. With
+``config.loss.chunk_size`` the loss terms alone run under ``shard_map`` on the device ring
+(:func:`mmssl_jax.objectives.ring_method_loss`): each device keeps its own rows of the
+embeddings and ``chunk_size`` tiles of logits, never the gathered batch; the encoders, BatchNorm
+statistics, the EMA target and the MoCo queue are computed as without it.
 """
 
 from __future__ import annotations
@@ -84,14 +88,21 @@ def _ema(decay, old, new):
     return jax.tree.map(lambda o, n: decay * o + (1 - decay) * n, old, new)
 
 
-def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config):
+def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config, mesh=None):
     """``(state, batch) -> (state, metrics)``; jit it with the state donated.
+
+    ``mesh``: the data-parallel mesh the batch is sharded over; needed (only) with
+    ``config.loss.chunk_size``, whose loss terms run on that mesh's device ring.
 
     The online branch computes the views the loss terms read from it, the target branch (EMA)
     the views they read as ``VIEW@momentum``: nothing else runs (MoCo: query view only online,
     key view only in the target). The target's EMA and the learning rate advance once per
     optimizer update (every ``accumulation_steps`` micro-steps).
     """
+    chunk_size = int(config.get("loss", {}).get("chunk_size", 0) or 0)
+    if chunk_size and mesh is None:
+        raise ValueError("make_train_step: config.loss.chunk_size runs the loss terms on the device ring "
+                         "of a mesh; pass mesh= (the mesh the batch is sharded over)")
     image_views = inputs.augment_configs(config)
     terms = [dict(t) for t in config.loss_terms]
     online_views, target_views = objectives.branch_views(terms)
@@ -102,6 +113,10 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config):
     compute_dtype = jnp.dtype(config.get("dtype", "float32"))
     max_logit_scale = config.get("max_logit_scale", math.inf)
     dropout = dict(config.get("modality_dropout", {}))
+    if chunk_size:
+        objective = objectives.ring_method_loss(terms, chunk_size=chunk_size, mesh=mesh)
+    else:  # jit on the global arrays: XLA partitions the loss (it gathers the embeddings)
+        objective = lambda z, scalars, queue: objectives.method_loss(z, scalars, terms, queue)  # noqa: E731
 
     def forward(params, batch_stats, batch, views, predict):
         out, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch, train=True,
@@ -125,7 +140,7 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config):
         def loss_fn(params):
             online, new_stats = forward(params, state.batch_stats, batch, online_views, True)
             z = objectives.side_embeddings(online, target)
-            loss, metrics = objectives.method_loss(z, online["scalars"], terms, state.queue)
+            loss, metrics = objective(z, online["scalars"], state.queue)
             return loss, (metrics, new_stats)
 
         (loss, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -224,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     init = jax.jit(functools.partial(_init_state, model, optimizer.tx, config), out_shardings=replicated)
     state = init(example, jax.random.PRNGKey(config.seed))
     step_fn = jax.jit(
-        make_train_step(model, optimizer, config),
+        make_train_step(model, optimizer, config, mesh),
         in_shardings=(replicated, sharding.batch_sharding(mesh)),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),

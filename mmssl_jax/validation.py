@@ -9,7 +9,7 @@ from mmssl_jax import evaluation
 from mmssl_jax.config_base import ConfigError
 from mmssl_jax.data import inputs
 from mmssl_jax.models import build_model
-from mmssl_jax.objectives import LOSS_FNS, parse_side
+from mmssl_jax.objectives import CONTRASTIVE, LOSS_FNS, parse_side
 
 
 _REQUIRED = ("seed", "input.batch_size", "input.image_size", "views", "encoders", "heads", "loss_terms",
@@ -67,12 +67,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 raise ConfigError(f"{where}.{side}={name!r} reads a predictor, but config.predictors has none "
                                   f"for modality {views[view].modality!r}")
         for key, value in dict(term.get("kwargs", {})).items():
+            if key in ("chunk_size", "axis_name"):
+                raise ConfigError(
+                    f"{where}.kwargs.{key}: the trainer sets it; use config.loss.chunk_size, which streams every "
+                    "contrastive term on the device ring (shard_map over the data axis)")
             if isinstance(value, str) and value.startswith("learned:") and value[8:] not in scalars:
                 raise ConfigError(f"{where}.kwargs.{key}={value!r}: no such entry in config.learned_scalars {sorted(scalars)}")
             if value == "queue" and queue_size <= 0:
                 raise ConfigError(
                     f"{where}.kwargs.{key}='queue' needs a queue, but config.moco.queue_size={queue_size}; "
                     "set it > 0 (MoCo v2), or drop negatives='queue' for in-batch negatives (MoCo v3)")
+    _check_chunk_size(config)
     if ema is not None:
         if not 0.0 <= float(ema.get("momentum", -1)) < 1.0:
             raise ConfigError(f"config.ema.momentum={ema.get('momentum')} must be in [0, 1)")
@@ -112,3 +117,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(str(e)) from e
     if config.get("accumulation_steps", 1) < 1:
         raise ConfigError(f"config.accumulation_steps must be >= 1, got {config.accumulation_steps}")
+
+
+def _check_chunk_size(config: ml_collections.ConfigDict) -> None:
+    """``config.loss.chunk_size``: 0, or a positive int for a method with a contrastive term."""
+    chunk = config.get("loss", {}).get("chunk_size", 0)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+        raise ConfigError(f"config.loss.chunk_size must be an int >= 0 (0: off), got {chunk!r}")
+    if not chunk:
+        return
+    losses = [term["loss"] for term in config.loss_terms]
+    if not set(losses) & CONTRASTIVE:
+        raise ConfigError(
+            f"config.loss.chunk_size={chunk} streams the contrastive terms ({', '.join(sorted(CONTRASTIVE))}), "
+            f"but this method's loss terms are {losses}: their memory does not grow with the batch "
+            "squared; set config.loss.chunk_size=0")

@@ -20,7 +20,7 @@ from jax.extend import core as jax_core
 from jax.sharding import PartitionSpec as P
 
 import reference_losses as ref
-from mmssl_jax import losses, sharding
+from mmssl_jax import losses, sharding, streaming
 
 AXIS = sharding.DATA_AXIS
 DEVICES = 8
@@ -324,6 +324,26 @@ def test_positive_pair_accuracy_sharded_equals_unsharded():
         mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=P(),
     )
     assert float(jax.jit(fn)(*_shard(mesh, z1, z2))) == float(losses.positive_pair_accuracy(z1, z2))
+
+
+def test_streamed_positive_pair_hits_equal_the_accuracy_ties_included():
+    """The ring's tile-by-tile count (what the trainer logs with config.loss.chunk_size) is
+    positive_pair_accuracy's: ties go to the lower key index, as argmax does."""
+    e = np.eye(3, dtype=np.float32)
+    query, key = e[[0, 0, 1, 2]], e[[0, 0, 1, 1]]  # row 1 ties with key 0 (a miss), row 3 ties all (a miss)
+    assert float(losses.positive_pair_accuracy(query, key)) == 0.5
+    for chunk in (1, 3):
+        assert float(streaming.positive_pair_hits(query, key, chunk_size=chunk, axis_name=None)) == 2.0
+    z1, z2 = pair(batch=6 * DEVICES, seed=14, correlation=0.6)
+    want = float(losses.positive_pair_accuracy(z1, z2))
+    assert 0.2 < want < 0.9 and want == pytest.approx(ref.positive_pair_accuracy(z1, z2))
+    mesh = _mesh()
+    for chunk in (4, 6):  # a padded tile; one tile per device block
+        fn = jax.shard_map(
+            lambda a, b: sharding.global_sum(streaming.positive_pair_hits(a, b, chunk_size=chunk, axis_name=AXIS),
+                                             AXIS),
+            mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=P())
+        assert float(jax.jit(fn)(*_shard(mesh, z1, z2))) == round(want * z1.shape[0])
 
 
 def _all_avals(jaxpr) -> list:

@@ -309,3 +309,76 @@ def test_dry_run_prints_the_recipe_card_and_the_compiled_step(data_dir, tmp_path
     assert "| warmup | 8 updates (0.5 epochs) |" in card and "momentum 0.9 nesterov" in card
     assert "memory per device: peak" in out and "FLOPs per device per micro-step" in out
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "history.json").exists()
+
+
+def test_chunk_size_runs_the_loss_on_the_device_ring_with_the_unchunked_losses(data_dir):
+    """CLIP on the 8 simulated devices, 3 updates: with config.loss.chunk_size the trainer's step
+    gives the losses, accuracies and parameters of the default step to float32 rounding, and its
+    compiled program passes the embeddings around the ring (collective-permute) instead of
+    gathering them (the default step all-gathers them). The recipe card says which path runs."""
+    from mmssl_jax import optim, recipe, sharding
+    from mmssl_jax.data import inputs, pipeline
+    from mmssl_jax.models import build_model
+
+    mesh = sharding.make_mesh()
+    assert mesh.size == 8
+    config = tiny(load_config("clip"), data_dir, steps=3)
+    config.encoders.image.kwargs.stage_sizes = (1,)  # one residual block (with BatchNorm): a quick compile
+    source = inputs.train_source(config)
+    plan = optim.plan_run(config, len(source))
+    model = build_model(config)
+    stream = iter(inputs.make_input(config, source, seed=0))
+    batches = [sharding.host_batch_to_global(next(stream), mesh) for _ in range(plan.total_micro_steps)]
+    example = pipeline.device_augment({k: jax.numpy.asarray(v[:2]) for k, v in batches[0].items() if k in config.views},
+                                      jax.random.key(0), inputs.augment_configs(config))
+    params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), example, train=False))["params"]
+    opt = optim.make_optimizer(config, params_shape, plan)
+    replicated = sharding.replicated(mesh)
+    state0 = jax.jit(lambda e: train._init_state(model, opt.tx, config, e, jax.random.PRNGKey(1)),
+                     out_shardings=replicated)(example)
+    runs, programs = {}, {}
+    for chunk in (0, 3):  # 3 does not divide the 2 rows per device... or the 16 columns: tiles are padded
+        config.loss.chunk_size = chunk
+        step = jax.jit(train.make_train_step(model, opt, config, mesh),
+                       in_shardings=(replicated, sharding.batch_sharding(mesh)), out_shardings=(replicated, replicated))
+        compiled = step.lower(state0, batches[0]).compile()
+        programs[chunk] = compiled.as_text()
+        state, metrics = state0, []
+        for batch in batches:
+            state, m = compiled(state, batch)
+            metrics.append(jax.device_get(m))
+        runs[chunk] = (metrics, jax.device_get(state.params))
+    for plain, ring in zip(runs[0][0], runs[3][0]):
+        for key in ("loss", "accuracy/clip/image-text", "grad_norm", "scalar/logit_scale"):
+            np.testing.assert_allclose(ring[key], plain[key], rtol=1e-5, err_msg=key)
+    assert not np.allclose(runs[0][0][0]["loss"], runs[0][0][-1]["loss"])  # the steps did train
+    for plain, ring in zip(jax.tree.leaves(runs[0][1]), jax.tree.leaves(runs[3][1])):
+        np.testing.assert_allclose(ring, plain, rtol=1e-4, atol=1e-6)
+    assert "all-gather" in programs[0] and "collective-permute" not in programs[0]
+    assert "collective-permute" in programs[3] and "all-gather" not in programs[3]
+
+    card = recipe.recipe_card(config, opt, params_shape)
+    assert "| loss computation | device ring: shard_map over the data axis, 8 devices x 2 rows" in card
+    assert "tiles of at most 3 x 3 logits" in card
+    config.loss.chunk_size = 0
+    assert "| loss computation | jit on the global batch over 8 devices" in recipe.recipe_card(config, opt, params_shape)
+
+
+def test_chunk_size_is_refused_where_it_cannot_stream(data_dir):
+    config = tiny(load_config("barlow_twins"), data_dir)
+    config.loss.chunk_size = 64
+    with pytest.raises(train.ConfigError, match=r"chunk_size=64 streams the contrastive terms.*\['barlow_twins'\]"):
+        train.validate_config(config)
+    config = tiny(load_config("clip"), data_dir)
+    config.loss.chunk_size = -1
+    with pytest.raises(train.ConfigError, match=r"config.loss.chunk_size must be an int >= 0"):
+        train.validate_config(config)
+    config = tiny(load_config("clip"), data_dir)
+    config.loss_terms = [cb.term("image", "text", "clip", logit_scale="learned:logit_scale", chunk_size=64)]
+    with pytest.raises(train.ConfigError, match=r"kwargs.chunk_size: the trainer sets it; use config.loss.chunk_size"):
+        train.validate_config(config)
+    config = tiny(load_config("clip"), data_dir)
+    config.loss.chunk_size = 64
+    train.validate_config(config)
+    with pytest.raises(ValueError, match="pass mesh="):
+        train.make_train_step(None, None, config)
