@@ -3,14 +3,16 @@
   python benchmarks/trainer_chunked.py [--steps=20] [--chunk_size=8] [--devices=8]
 
 Trains configs/clip.py on the embedded data (its default: ResNet-18 width 16, batch 128, 32 px,
-AdamW; no evaluation) twice from the same seed over ``--devices`` simulated CPU devices: once as
+AdamW, warmup over the first quarter of the run; no evaluation) twice from the same seed over ``--devices`` simulated CPU devices: once as
 shipped (the loss under ``jit`` on the global batch, embeddings gathered by XLA) and once with
 ``config.loss.chunk_size`` (the loss terms under ``shard_map`` on the device ring, logits in
 ``chunk_size`` tiles). Writes both curves (loss, image->text accuracy, logit_scale, gradient
 norm, every step) and their largest absolute and relative differences to
 ``benchmarks/results/trainer_chunked.{json,md}``. Both runs see the same batches and the same
 augmentation draws, so any difference is the loss computation's float32 rounding (grown by
-training).
+training). For scale, a control: the default run on 1 device (a subprocess) against the default
+run on ``--devices``, i.e. how far float32 rounding alone moves these curves when only the
+sharding of the same computation changes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,11 +33,14 @@ KEYS = ("loss", "accuracy/clip/image-text", "scalar/logit_scale", "grad_norm")
 
 
 def clip_config(steps: int, chunk_size: int):
+    from mmssl_jax import config_base as cb
+
     spec = importlib.util.spec_from_file_location("clip", REPO / "configs" / "clip.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()
     c.num_steps = steps
+    cb.set_warmup(c, steps=steps // 4)  # the config's 20-update warmup must end before the run does
     c.log_every = 1
     c.checkpoint_every = 10 * steps  # the last step only
     c.eval.protocols = ()
@@ -85,6 +91,13 @@ def markdown(result: dict) -> str:
     ]
     for key, d in result["differences"].items():
         lines.append(f"| {key} | {d['max_abs']:.3g} | {d['max_rel']:.3g} | {d['first_step_max_rel']:.3g} |")
+    lines += ["", f"Control, float32 rounding alone: the default run on 1 device against the default run on "
+              f"{result['device']['device_count']} devices (same batches, same computation, only the sharding "
+              "differs):", "",
+              "| quantity | max abs difference | max relative difference | relative difference at step 1 |",
+              "|---|---|---|---|"]
+    for key, d in result["control"]["differences"].items():
+        lines.append(f"| {key} | {d['max_abs']:.3g} | {d['max_rel']:.3g} | {d['first_step_max_rel']:.3g} |")
     lines += ["", f"Verdict: {result['verdict']}", "",
               "| step | loss (default) | loss (chunked) | accuracy (default) | accuracy (chunked) |",
               "|---|---|---|---|---|"]
@@ -93,7 +106,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {step} | {plain['curves']['loss'][i]:.7f} | {ring['curves']['loss'][i]:.7f} | "
                      f"{plain['curves'][acc][i]:.4f} | {ring['curves'][acc][i]:.4f} |")
     lines += ["", f"Wall time on this shared CPU (compilation included, not a speed benchmark): default "
-              f"{plain['seconds']:.0f} s, chunked {ring['seconds']:.0f} s.", ""]
+              f"{plain['seconds']:.0f} s, chunked {ring['seconds']:.0f} s, 1-device control "
+              f"{result['control']['run']['seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
 
@@ -103,6 +117,7 @@ def main() -> None:
     parser.add_argument("--chunk_size", type=int, default=8)
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--rtol", type=float, default=1e-5, help="pass if every loss agrees to this")
+    parser.add_argument("--control_out", default="", help=argparse.SUPPRESS)  # the 1-device control run
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -113,11 +128,20 @@ def main() -> None:
 
     assert jax.device_count() == args.devices, jax.devices()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.control_out:
+            Path(args.control_out).write_text(json.dumps(run(args.steps, 0, Path(tmp) / "control")))
+            return
         runs = [run(args.steps, chunk, Path(tmp) / f"chunk{chunk}") for chunk in (0, args.chunk_size)]
+        out = Path(tmp) / "control.json"
+        subprocess.run([sys.executable, __file__, f"--steps={args.steps}", "--devices=1", f"--control_out={out}"],
+                       check=True, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+        control = json.loads(out.read_text())
     diffs = {key: differences(runs[0]["curves"][key], runs[1]["curves"][key]) for key in KEYS}
+    control_diffs = {key: differences(runs[0]["curves"][key], control["curves"][key]) for key in KEYS}
     ok = diffs["loss"]["max_rel"] <= args.rtol
     result = {
         "steps": args.steps, "rtol": args.rtol, "runs": runs, "differences": diffs,
+        "control": {"run": control, "differences": control_diffs},
         "verdict": (f"{'PASS' if ok else 'FAIL'}: the chunked run's loss is within relative {diffs['loss']['max_rel']:.2g} "
                     f"of the default run's at every one of {args.steps} steps (tolerance {args.rtol:g})."),
         "device": bench_common.device_description(),
