@@ -63,3 +63,31 @@ def test_micro_batches_must_divide_the_batch():
         gradcache.value_and_grad(_embed, lambda z: losses.clip(*z, logit_scale=1.0), params, batch, micro_batches=5)
     with pytest.raises(ValueError, match="`micro_batches` must be a positive int"):
         gradcache.value_and_grad(_embed, lambda z: losses.clip(*z, logit_scale=1.0), params, batch, micro_batches=0)
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_with_state_threads_the_state_and_differentiates_the_loss_own_parameters(devices):
+    """The trainer's form: a running average threaded through the micro-batches in order (as
+    BatchNorm's), the learnable scale read by the loss itself, and micro-batches that take a
+    slice of every device's rows, handing the embeddings back in the batch's row order."""
+    params, batch = _towers(seed=3)
+
+    def embed(p, chunk, state):
+        return _embed(p, chunk), 0.5 * state + 0.5 * jnp.mean(chunk["image"])
+
+    def loss_fn(p, z):  # + a term weighting each row by its position: rows out of order would show
+        position = jnp.sum(jnp.arange(24.0) * z[0][:, 0]) / 100
+        return losses.nt_xent(*z, temperature=jnp.exp(-p["logit_scale"]), chunk_size=5) + position
+
+    want_value, want_grads = jax.value_and_grad(lambda p: loss_fn(p, _embed(p, batch)))(params)
+    value, grads, state = jax.jit(lambda p: gradcache.value_and_grad_with_state(
+        embed, loss_fn, p, batch, jnp.float32(0.0), micro_batches=3, devices=devices))(params)
+    np.testing.assert_allclose(float(value), float(want_value), rtol=1e-6)
+    assert float(jnp.abs(grads["logit_scale"])) > 1e-3
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+    images = np.asarray(batch["image"]).reshape(devices, 3, 24 // (3 * devices), 8)  # device blocks
+    expected = 0.0
+    for i in range(3):  # micro-batch i: slice i of every device block
+        expected = 0.5 * expected + 0.5 * images[:, i].mean()
+    np.testing.assert_allclose(float(state), expected, rtol=1e-5)
