@@ -26,10 +26,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # Compute dtype of encoders and heads ("bfloat16" on TPU/GPU); params stay float32.
     c.num_steps = 0  # Optimizer updates; 0 means num_epochs epochs.
     c.num_epochs = 0  # Epochs (may be fractional), used when num_steps is 0.
-    # Gradient accumulation (optax.MultiSteps): one update averages the gradients of k micro-batches
-    # of input.batch_size; the LR scales with the batch per update and the schedule counts updates.
-    # Contrastive negatives and BatchNorm statistics stay per micro-batch (k = 1 is the real thing).
+    # Gradient accumulation: one update takes k micro-batches of input.batch_size; the LR scales
+    # with the batch per update and the schedule counts updates.
     c.accumulation_steps = 1
+    # "average" (optax.MultiSteps): k steps, each averaging in one micro-batch's gradient; its
+    # contrastive negatives and BatchNorm statistics stay per micro-batch (k = 1 is the real thing).
+    # "exact" (GradCache, mmssl_jax.gradcache): one step embeds the k micro-batches without
+    # activations, takes the loss over all k x batch_size embeddings (negatives from all of
+    # them) and pulls its gradient back one micro-batch at a time: the whole batch's gradient
+    # with one micro-batch's activations live. BatchNorm still normalizes per micro-batch. Not
+    # with a target branch (config.ema: BYOL, MoCo).
+    c.accumulation_mode = "average"
     c.log_every = 10  # Steps between logged metrics (TensorBoard + console).
     c.checkpoint_every = 100  # Steps between checkpoints; the last step is always saved.
     c.keep_checkpoints = 3  # Checkpoints kept on disk.

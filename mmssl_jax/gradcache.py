@@ -105,7 +105,8 @@ def value_and_grad_with_state(
     *,
     micro_batches: int,
     devices: int = 1,
-) -> tuple[jax.Array, Any, Any]:
+    has_aux: bool = False,
+) -> tuple[Any, Any, Any]:
     """:func:`value_and_grad` for a trainer: a state threaded through the micro-batches (BatchNorm's
     running averages), a loss that reads parameters itself (a learnable temperature).
 
@@ -119,9 +120,10 @@ def value_and_grad_with_state(
       devices: the batch is sharded over this many devices (see :func:`_split`): each
         micro-batch takes a slice of every device's rows, and the embeddings come back to
         ``loss_fn`` in the batch's own row order.
+      has_aux: ``loss_fn`` returns ``(loss, aux)`` (metrics), as ``jax.value_and_grad``'s.
 
     Returns:
-      ``(loss, grads, state)``.
+      ``(loss, grads, state)``; ``((loss, aux), grads, state)`` with ``has_aux``.
     """
     _check_micro_batches(micro_batches)
     chunks = _split(batch, micro_batches, devices)
@@ -134,7 +136,7 @@ def value_and_grad_with_state(
     new_state, stacked = jax.lax.scan(embed, state, chunks)
     embeddings = _merge(stacked, devices)
     # 2. The loss over the whole batch and its gradient with respect to the embeddings.
-    loss, (direct, d_embeddings) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params, embeddings)
+    loss, (direct, d_embeddings) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=has_aux)(params, embeddings)
     d_chunks = _split(d_embeddings, micro_batches, devices)
 
     # 3. Each micro-batch again (the same states in the same order), its cached embedding

@@ -6,6 +6,8 @@ the learning rate scales with that batch, and warmup and decay are counted in up
 ``optax.MultiSteps`` advances the inner schedule by). Accumulation gives the larger batch's
 *gradient* only for losses that are a mean of per-sample terms: a contrastive loss still draws
 its negatives from one micro-batch, and BatchNorm still normalizes over one micro-batch.
+``accumulation_mode="exact"`` (GradCache) gives the contrastive loss the whole batch per update;
+the trainer then takes one step per update and no ``MultiSteps`` wrapper is built.
 
 Which parameters decay, which get LARS's trust ratio, which learn at another rate and which
 are frozen are config rules (``config.optimizer``), applied here as optax masks and labels,
@@ -43,15 +45,26 @@ class RunPlan:
     updates_per_epoch: int
     total_updates: int
     warmup_updates: int
+    exact: bool = False  # accumulation_mode "exact": one step per update takes all its micro-batches
 
     @property
     def batch_per_update(self) -> int:
         return self.batch_size * self.accumulation_steps
 
     @property
+    def steps_per_update(self) -> int:
+        """Trainer steps per optimizer update: ``accumulation_steps``, or 1 with exact accumulation."""
+        return 1 if self.exact else self.accumulation_steps
+
+    @property
+    def batch_per_step(self) -> int:
+        """Global batch the loop draws per step (exact accumulation: the whole batch per update)."""
+        return self.batch_per_update if self.exact else self.batch_size
+
+    @property
     def total_micro_steps(self) -> int:
-        """Batches the loop draws (``state.step`` counts these)."""
-        return self.total_updates * self.accumulation_steps
+        """Batches the loop draws (``state.step`` counts these): ``steps_per_update`` per update."""
+        return self.total_updates * self.steps_per_update
 
     @property
     def epochs(self) -> float:
@@ -69,6 +82,9 @@ def plan_run(config: ml_collections.ConfigDict, num_examples: int) -> RunPlan:
     k = int(config.get("accumulation_steps", 1))
     if k < 1:
         raise ConfigError(f"config.accumulation_steps must be >= 1, got {k}")
+    mode = config.get("accumulation_mode", "average")
+    if mode not in ("average", "exact"):
+        raise ConfigError(f"config.accumulation_mode must be 'average' or 'exact', got {mode!r}")
     batch = int(config.input.batch_size)
     per_update = batch * k
     updates_per_epoch = num_examples // per_update
@@ -105,7 +121,8 @@ def plan_run(config: ml_collections.ConfigDict, num_examples: int) -> RunPlan:
             "end before the run does"
         )
     return RunPlan(num_examples=num_examples, batch_size=batch, accumulation_steps=k,
-                   updates_per_epoch=updates_per_epoch, total_updates=total, warmup_updates=warmup)
+                   updates_per_epoch=updates_per_epoch, total_updates=total, warmup_updates=warmup,
+                   exact=mode == "exact")
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -293,6 +310,6 @@ def make_optimizer(config: ml_collections.ConfigDict, params, plan: RunPlan) -> 
     clip = config.optimizer.get("grad_clip_norm", 0.0)
     if clip:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-    if plan.accumulation_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=plan.accumulation_steps)
+    if plan.steps_per_update > 1:  # "average" accumulation; "exact" hands the update the whole batch's gradient
+        tx = optax.MultiSteps(tx, every_k_schedule=plan.steps_per_update)
     return Optimizer(tx=tx, plan=plan, schedules=schedules, labels=labels)

@@ -77,7 +77,7 @@ def recipe_card(config: ml_collections.ConfigDict, optimizer: optim.Optimizer, p
     lines += _table(["what", "value"], [
         ("training examples", f"{plan.num_examples:,} ({config.input.name}, split {config.input.split})"),
         ("global batch per micro-step / per update", f"{plan.batch_size:,} / {plan.batch_per_update:,} "
-                                                      f"(accumulation {plan.accumulation_steps})"),
+                                                      f"(accumulation {plan.accumulation_steps}, {_accumulation(plan)})"),
         ("optimizer updates", f"{plan.total_updates:,} = {plan.epochs:.4g} epochs of {plan.updates_per_epoch:,}"),
         ("warmup", f"{plan.warmup_updates:,} updates ({plan.warmup_updates / plan.updates_per_epoch:.3g} epochs)"),
         ("LR schedule", f"linear warmup from 0, cosine to {float(opt.get('end_lr_fraction', 0.0)):g} x peak"
@@ -137,6 +137,15 @@ def card_summary(config: ml_collections.ConfigDict, optimizer: optim.Optimizer, 
         f"  LR (end of warmup -> last update): {groups}; loss {terms}{extra}",
         f"  Full recipe card: {path}",
     ])
+
+
+def _accumulation(plan: optim.RunPlan) -> str:
+    if plan.accumulation_steps == 1:
+        return "none"
+    if plan.exact:
+        return ("exact: one loss over the whole batch per update, gradients by micro-batch (GradCache); "
+                "BatchNorm per micro-batch")
+    return "averaged gradients: negatives and BatchNorm per micro-batch"
 
 
 def _chunk_size(config: ml_collections.ConfigDict) -> int:

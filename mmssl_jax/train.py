@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mmssl_jax import checkpoints, evaluation, objectives, optim, recipe, reporting, sharding
+from mmssl_jax import checkpoints, evaluation, gradcache, objectives, optim, recipe, reporting, sharding
 from mmssl_jax.data import augment, inputs, pipeline
 from mmssl_jax.models import MultiViewModel, build_model
 from mmssl_jax.validation import ConfigError, validate_config
@@ -51,7 +51,7 @@ _log = logging.getLogger(__name__)
 class TrainState:
     """Everything a step changes; all of it goes into every checkpoint."""
 
-    step: jax.Array  # micro-steps taken (optimizer updates x accumulation_steps)
+    step: jax.Array  # steps taken (optimizer updates x plan.steps_per_update)
     params: Any
     batch_stats: Any
     opt_state: Any
@@ -97,7 +97,9 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config, m
     The online branch computes the views the loss terms read from it, the target branch (EMA)
     the views they read as ``VIEW@momentum``: nothing else runs (MoCo: query view only online,
     key view only in the target). The target's EMA and the learning rate advance once per
-    optimizer update (every ``accumulation_steps`` micro-steps).
+    optimizer update (every ``accumulation_steps`` micro-steps). With ``accumulation_mode="exact"``
+    a step is a whole update: its batch of ``accumulation_steps`` micro-batches goes through
+    :func:`mmssl_jax.gradcache.value_and_grad_with_state` (BatchNorm per micro-batch).
     """
     chunk_size = int(config.get("loss", {}).get("chunk_size", 0) or 0)
     if chunk_size and mesh is None:
@@ -108,11 +110,14 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config, m
     online_views, target_views = objectives.branch_views(terms)
     moco = config.get("moco") if config.get("moco") is not None and config.moco.get("queue_size") else None
     ema_decay = optim.ema_momentum(config, optimizer.plan) if config.get("ema") is not None else None
-    k = optimizer.plan.accumulation_steps
+    k = optimizer.plan.steps_per_update
+    exact = optimizer.plan.exact
+    micro_batches = optimizer.plan.accumulation_steps
     tx, schedule = optimizer.tx, optimizer.schedule
     compute_dtype = jnp.dtype(config.get("dtype", "float32"))
     max_logit_scale = config.get("max_logit_scale", math.inf)
     dropout = dict(config.get("modality_dropout", {}))
+    scalar_names = tuple(dict(config.get("learned_scalars", {})))
     if chunk_size:
         objective = objectives.ring_method_loss(terms, chunk_size=chunk_size, mesh=mesh)
     else:  # jit on the global arrays: XLA partitions the loss (it gathers the embeddings)
@@ -143,7 +148,19 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config, m
             loss, metrics = objective(z, online["scalars"], state.queue)
             return loss, (metrics, new_stats)
 
-        (loss, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if exact:  # GradCache: the loss over every micro-batch's embeddings, one micro-batch's activations live
+            def embed(params, micro_batch, stats):
+                online, stats = forward(params, stats, micro_batch, online_views, True)
+                return objectives.side_embeddings(online, None), stats
+
+            def loss_of_embeddings(params, z):
+                return objective(z, {name: params[name] for name in scalar_names}, state.queue)
+
+            (loss, metrics), grads, new_stats = gradcache.value_and_grad_with_state(
+                embed, loss_of_embeddings, state.params, batch, state.batch_stats, micro_batches=micro_batches,
+                devices=mesh.size if mesh is not None else 1, has_aux=True)
+        else:
+            (loss, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if math.isfinite(max_logit_scale) and "logit_scale" in params:  # CLIP: inverse temperature <= 100
@@ -216,8 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     source = inputs.train_source(config)
     plan = optim.plan_run(config, len(source))
     total_steps = plan.total_micro_steps
-    iterator = iter(inputs.make_input(config, source, seed=config.seed))
-    first = next(iter(inputs.make_input(config, source, seed=config.seed)))  # shapes only
+    iterator = iter(inputs.make_input(config, source, seed=config.seed, batch_size=plan.batch_per_step))
+    first = next(iter(inputs.make_input(config, source, seed=config.seed, batch_size=plan.batch_per_step)))
 
     # Model and optimizer, initialised already placed (replicated) on the mesh.
     model = build_model(config)
@@ -300,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
             if step % config.log_every == 0 or step == total_steps:
                 now = time.perf_counter()
                 row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                row["examples_per_second"] = (step - last_log[1]) * config.input.batch_size / max(now - last_log[0], 1e-9)
+                row["examples_per_second"] = (step - last_log[1]) * plan.batch_per_step / max(now - last_log[0], 1e-9)
                 row["steps_per_second"] = (step - last_log[1]) / max(now - last_log[0], 1e-9)
                 eta = (total_steps - step) * (now - started[0]) / max(step - started[1], 1)
                 last_log = (now, step)

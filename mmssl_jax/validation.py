@@ -117,6 +117,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(str(e)) from e
     if config.get("accumulation_steps", 1) < 1:
         raise ConfigError(f"config.accumulation_steps must be >= 1, got {config.accumulation_steps}")
+    mode = config.get("accumulation_mode", "average")
+    if mode not in ("average", "exact"):
+        raise ConfigError(f"config.accumulation_mode must be 'average' or 'exact', got {mode!r}")
+    if mode == "exact" and ema is not None:
+        raise ConfigError(
+            "config.accumulation_mode='exact' recomputes the online branch micro-batch by micro-batch; "
+            "a target branch (config.ema, VIEW@momentum terms: BYOL, MoCo and its queue) is not supported "
+            "there. Use accumulation_mode='average' (per-micro-batch negatives) or a larger batch with "
+            "config.loss.chunk_size")
 
 
 def _check_chunk_size(config: ml_collections.ConfigDict) -> None:

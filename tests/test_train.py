@@ -382,3 +382,62 @@ def test_chunk_size_is_refused_where_it_cannot_stream(data_dir):
     train.validate_config(config)
     with pytest.raises(ValueError, match="pass mesh="):
         train.make_train_step(None, None, config)
+
+
+def test_exact_accumulation_gives_the_whole_batch_update(data_dir):
+    """accumulation_mode="exact" with 2 micro-batches of 8 (on the ring, chunk_size 3) takes the
+    same updates as one batch of 16: same losses and parameters, on 8 devices. A BatchNorm-free
+    CLIP (ViT + LayerNorm text head), since exact accumulation keeps BatchNorm per micro-batch."""
+    from mmssl_jax import optim, recipe, sharding
+    from mmssl_jax.data import inputs, pipeline
+    from mmssl_jax.models import build_model
+
+    mesh = sharding.make_mesh()
+    replicated = sharding.replicated(mesh)
+
+    def run(batch_size: int, accumulation: int, mode: str, chunk_size: int):
+        config = tiny(load_config("clip"), data_dir, steps=2)
+        config.encoders.image = cb.module("vit_ti", width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=8)
+        config.input.batch_size, config.accumulation_steps = batch_size, accumulation
+        config.accumulation_mode, config.loss.chunk_size = mode, chunk_size
+        # SGD: an update linear in the gradient (Adam would blow the rounding noise of the attention
+        # key bias, whose true gradient is 0, up to a full step)
+        config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.5
+        train.validate_config(config)
+        source = inputs.train_source(config)
+        plan = optim.plan_run(config, len(source))
+        model = build_model(config)
+        stream = iter(inputs.make_input(config, source, seed=0, batch_size=plan.batch_per_step))
+        batches = [sharding.host_batch_to_global(next(stream), mesh) for _ in range(plan.total_micro_steps)]
+        example = pipeline.device_augment({k: jax.numpy.asarray(v[:2]) for k, v in batches[0].items()
+                                           if k in config.views}, jax.random.key(0), inputs.augment_configs(config))
+        params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0), example, train=False))["params"]
+        opt = optim.make_optimizer(config, params_shape, plan)
+        state = jax.jit(lambda e: train._init_state(model, opt.tx, config, e, jax.random.PRNGKey(1)),
+                        out_shardings=replicated)(example)
+        step = jax.jit(train.make_train_step(model, opt, config, mesh),
+                       in_shardings=(replicated, sharding.batch_sharding(mesh)), out_shardings=(replicated, replicated))
+        losses = []
+        for batch in batches:
+            state, metrics = step(state, batch)
+            losses.append((float(metrics["loss"]), float(metrics["grad_norm"])))
+        return plan, losses, jax.device_get(state.params), recipe.recipe_card(config, opt, params_shape)
+
+    plan, whole, whole_params, _ = run(16, 1, "average", 0)
+    exact_plan, exact, exact_params, card = run(8, 2, "exact", 3)
+    assert (plan.total_micro_steps, exact_plan.total_micro_steps, exact_plan.batch_per_step) == (2, 2, 16)
+    np.testing.assert_allclose(exact, whole, rtol=1e-5)
+    assert whole[0][0] != whole[1][0]
+    for got, want in zip(jax.tree.leaves(exact_params), jax.tree.leaves(whole_params)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert "| global batch per micro-step / per update | 8 / 16 (accumulation 2, exact: one loss over the whole batch" in card
+
+
+def test_exact_accumulation_is_refused_with_a_target_branch(data_dir):
+    config = tiny(load_config("byol"), data_dir)
+    config.accumulation_steps, config.accumulation_mode = 2, "exact"
+    with pytest.raises(train.ConfigError, match=r"accumulation_mode='exact'.*target branch \(config.ema"):
+        train.validate_config(config)
+    config.accumulation_mode = "exactly"
+    with pytest.raises(train.ConfigError, match=r"accumulation_mode must be 'average' or 'exact', got 'exactly'"):
+        train.validate_config(config)

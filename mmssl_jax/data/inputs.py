@@ -43,12 +43,14 @@ def train_source(config) -> Sequence[Mapping[str, Any]]:
     )
 
 
-def make_input(config, source, *, seed: int):
+def make_input(config, source, *, seed: int, batch_size: int | None = None):
     """This process's rows of the global training stream a config describes (see
-    ``mmssl_jax.data.pipeline``): the same global batches whatever the number of processes."""
+    ``mmssl_jax.data.pipeline``): the same global batches whatever the number of processes.
+    ``batch_size``: the global batch per step (default ``config.input.batch_size``; the trainer's
+    exact accumulation draws a whole update's batch at once)."""
     return pipeline.train_dataset(
         source,
-        batch_size=config.input.batch_size,
+        batch_size=batch_size or config.input.batch_size,
         seed=seed,
         image_views=augment_configs(config),
         text_views=text_views(config),
