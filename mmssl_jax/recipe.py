@@ -156,10 +156,11 @@ def _loss_line(config: ml_collections.ConfigDict, plan: optim.RunPlan) -> str:
     """How the loss terms meet the other devices' embeddings (``config.loss.chunk_size``)."""
     devices = jax.device_count()
     chunk = _chunk_size(config)
+    batch = plan.batch_per_update if plan.exact else plan.batch_size  # the batch one loss sees
     if not chunk:
         return (f"jit on the global batch over {devices} devices (XLA gathers the embeddings: each device "
-                f"holds its rows x all {plan.batch_size:,} columns of logits); config.loss.chunk_size=0")
-    return (f"device ring: shard_map over the data axis, {devices} devices x {plan.batch_size // devices:,} rows; "
+                f"holds its rows x all {batch:,} columns of logits); config.loss.chunk_size=0")
+    return (f"device ring: shard_map over the data axis, {devices} devices x {batch // devices:,} rows; "
             f"contrastive terms and accuracy in tiles of at most {chunk:,} x {chunk:,} logits, columns passed "
             f"around a ppermute ring (config.loss.chunk_size={chunk})")
 

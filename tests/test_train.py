@@ -431,6 +431,7 @@ def test_exact_accumulation_gives_the_whole_batch_update(data_dir):
     for got, want in zip(jax.tree.leaves(exact_params), jax.tree.leaves(whole_params)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert "| global batch per micro-step / per update | 8 / 16 (accumulation 2, exact: one loss over the whole batch" in card
+    assert "| loss computation | device ring: shard_map over the data axis, 8 devices x 2 rows" in card  # 16 / 8
 
 
 def test_exact_accumulation_is_refused_with_a_target_branch(data_dir):
