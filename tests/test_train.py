@@ -442,3 +442,36 @@ def test_exact_accumulation_is_refused_with_a_target_branch(data_dir):
     config.accumulation_mode = "exactly"
     with pytest.raises(train.ConfigError, match=r"accumulation_mode must be 'average' or 'exact', got 'exactly'"):
         train.validate_config(config)
+
+
+@pytest.mark.parametrize("method", ["bert_simclr", "siglip", "moco", "vicreg_and_clip"])
+def test_ring_objective_equals_the_global_objective(method):
+    """objectives.ring_method_loss (the step's loss with config.loss.chunk_size) over 8 devices:
+    the loss, every logged metric and the gradients with respect to the embeddings, the learned
+    scalars and nothing else equal objectives.method_loss on the global batch; chunk 5 leaves
+    padded tiles of the 6 rows per device, and of the MoCo queue's 40 columns."""
+    from mmssl_jax import objectives, sharding
+
+    if method == "vicreg_and_clip":  # a non-contrastive term beside a contrastive one
+        terms = [cb.term("image1", "image2", "vicreg"), cb.term("image1", "text", "clip", weight=0.5,
+                                                                logit_scale="learned:logit_scale")]
+    else:
+        terms = [dict(t) for t in load_config(method).loss_terms]
+    sides = sorted({side for t in terms for side in (t["a"], t["b"])})
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(48, 8))
+    z = {side: jax.numpy.asarray(base + 0.8 * rng.normal(size=(48, 8)), jax.numpy.float32) for side in sides}
+    scalars = {"logit_scale": jax.numpy.float32(2.0), "logit_bias": jax.numpy.float32(-1.0)}
+    queue = jax.numpy.asarray(rng.normal(size=(40, 8)), jax.numpy.float32)
+    ring = objectives.ring_method_loss(terms, chunk_size=5, mesh=sharding.make_mesh())
+    want = jax.jit(jax.value_and_grad(lambda z, s: objectives.method_loss(z, s, terms, queue), (0, 1), has_aux=True))
+    got = jax.jit(jax.value_and_grad(lambda z, s: ring(z, s, queue), (0, 1), has_aux=True))
+    (w_loss, w_metrics), w_grads = want(z, scalars)
+    (g_loss, g_metrics), g_grads = got(z, scalars)
+    np.testing.assert_allclose(g_loss, w_loss, rtol=1e-5)
+    assert sorted(g_metrics) == sorted(w_metrics)
+    for key in w_metrics:
+        np.testing.assert_allclose(g_metrics[key], w_metrics[key], rtol=1e-5, err_msg=key)
+    assert any(0.05 < float(v) < 0.95 for k, v in w_metrics.items() if k.startswith("accuracy/"))
+    for g, w in zip(jax.tree.leaves(g_grads), jax.tree.leaves(w_grads)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
