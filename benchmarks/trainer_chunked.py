@@ -13,6 +13,13 @@ augmentation draws, so any difference is the loss computation's float32 rounding
 training). For scale, a control: the default run on 1 device (a subprocess) against the default
 run on ``--devices``, i.e. how far float32 rounding alone moves these curves when only the
 sharding of the same computation changes.
+
+  python benchmarks/trainer_chunked.py --memory [--batch=4096] [--chunk_size=512] [--devices=8]
+
+compiles (``--dry_run``, nothing trained) the trainer's CLIP step at a global batch of
+``--batch`` with and without ``chunk_size``, for the shipped image encoder and for a one-block
+width-4 ResNet at 16 px (there the logits, not the activations, dominate), and writes XLA's
+per-device memory plan of each to ``benchmarks/results/trainer_chunked_memory.{json,md}``.
 """
 
 from __future__ import annotations
@@ -62,6 +69,39 @@ def run(steps: int, chunk_size: int, workdir: Path) -> dict:
             "batch_size": config.input.batch_size,
             "curves": {key: [row[key] for _, row in history] for key in KEYS},
             "steps": [step for step, _ in history]}
+
+
+def memory(batch: int, chunk_size: int) -> dict:
+    from mmssl_jax import train
+
+    rows = []
+    for encoder in ("shipped", "tiny"):
+        for chunk in (0, chunk_size):
+            config = clip_config(2, chunk)
+            config.input.batch_size = batch
+            if encoder == "tiny":
+                config.input.image_size = 16
+                config.encoders.image.kwargs.update(width=4, stage_sizes=(1,))
+            with tempfile.TemporaryDirectory() as tmp:
+                figures = train.train_and_evaluate(config, tmp, dry_run=True)
+            rows.append({"encoder": encoder, "chunk_size": chunk, **figures})
+    return {"batch": batch, "chunk_size": chunk_size, "rows": rows}
+
+
+def memory_markdown(result: dict) -> str:
+    mib = lambda b: f"{b / 2**20:,.1f}"  # noqa: E731
+    lines = ["# Trainer with `config.loss.chunk_size`: the compiled step's memory per device", "",
+             f"`python benchmarks/trainer_chunked.py --memory --batch={result['batch']} --chunk_size={result['chunk_size']} "
+             f"--devices={result['device']['device_count']}`: configs/clip.py's step compiled by `--dry_run` "
+             f"(XLA's plan on CPU, nothing run) at a global batch of {result['batch']:,} over "
+             f"{result['device']['device_count']} simulated devices, commit {result['code']['commit']}"
+             f"{' + uncommitted changes' if result['code']['uncommitted'] else ''}. \"tiny\": the image encoder "
+             "cut to one width-4 ResNet block at 16 px, so that the loss, not the encoder, dominates.", "",
+             "| image encoder | chunk_size | temporaries (MiB) | peak (MiB) | FLOPs per device |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['encoder']} | {r['chunk_size'] or 'off (gather)'} | {mib(r['temp_size_in_bytes'])} | "
+                     f"{mib(r['peak_bytes_per_device'])} | {r.get('flops_per_device', float('nan')):.3g} |")
+    return "\n".join(lines) + "\n"
 
 
 def differences(a: list[float], b: list[float]) -> dict:
@@ -118,6 +158,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--rtol", type=float, default=1e-5, help="pass if every loss agrees to this")
     parser.add_argument("--control_out", default="", help=argparse.SUPPRESS)  # the 1-device control run
+    parser.add_argument("--memory", action="store_true", help="compile at --batch and report memory instead")
+    parser.add_argument("--batch", type=int, default=4096)
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -127,6 +169,15 @@ def main() -> None:
     import bench_common
 
     assert jax.device_count() == args.devices, jax.devices()
+    if args.memory:
+        result = memory(args.batch, args.chunk_size)
+        result.update(device=bench_common.device_description(),
+                      code=bench_common.code_version(REPO, ("mmssl_jax", "configs", "benchmarks/trainer_chunked.py")))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "trainer_chunked_memory.json").write_text(json.dumps(result, indent=1) + "\n")
+        (RESULTS / "trainer_chunked_memory.md").write_text(memory_markdown(result))
+        print(memory_markdown(result))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         if args.control_out:
             Path(args.control_out).write_text(json.dumps(run(args.steps, 0, Path(tmp) / "control")))

@@ -77,7 +77,7 @@ def recipe_card(config: ml_collections.ConfigDict, optimizer: optim.Optimizer, p
     lines += _table(["what", "value"], [
         ("training examples", f"{plan.num_examples:,} ({config.input.name}, split {config.input.split})"),
         ("global batch per micro-step / per update", f"{plan.batch_size:,} / {plan.batch_per_update:,} "
-                                                      f"(accumulation {plan.accumulation_steps}, {_accumulation(plan)})"),
+                                                      f"(accumulation {_accumulation(plan)})"),
         ("optimizer updates", f"{plan.total_updates:,} = {plan.epochs:.4g} epochs of {plan.updates_per_epoch:,}"),
         ("warmup", f"{plan.warmup_updates:,} updates ({plan.warmup_updates / plan.updates_per_epoch:.3g} epochs)"),
         ("LR schedule", f"linear warmup from 0, cosine to {float(opt.get('end_lr_fraction', 0.0)):g} x peak"
@@ -140,12 +140,14 @@ def card_summary(config: ml_collections.ConfigDict, optimizer: optim.Optimizer, 
 
 
 def _accumulation(plan: optim.RunPlan) -> str:
-    if plan.accumulation_steps == 1:
-        return "none"
+    """``accumulation_steps`` and, past 1, what ``accumulation_mode`` makes of it."""
+    k = plan.accumulation_steps
+    if k == 1:
+        return "1"
     if plan.exact:
-        return ("exact: one loss over the whole batch per update, gradients by micro-batch (GradCache); "
+        return (f"{k}, exact: one loss over the whole batch per update, gradients by micro-batch (GradCache); "
                 "BatchNorm per micro-batch")
-    return "averaged gradients: negatives and BatchNorm per micro-batch"
+    return f"{k}, averaged gradients: negatives and BatchNorm per micro-batch"
 
 
 def _chunk_size(config: ml_collections.ConfigDict) -> int:
@@ -159,7 +161,7 @@ def _loss_line(config: ml_collections.ConfigDict, plan: optim.RunPlan) -> str:
     batch = plan.batch_per_update if plan.exact else plan.batch_size  # the batch one loss sees
     if not chunk:
         return (f"jit on the global batch over {devices} devices (XLA gathers the embeddings: each device "
-                f"holds its rows x all {batch:,} columns of logits); config.loss.chunk_size=0")
+                f"holds a {batch // devices:,} x {batch:,} block of logits); config.loss.chunk_size=0")
     return (f"device ring: shard_map over the data axis, {devices} devices x {batch // devices:,} rows; "
             f"contrastive terms and accuracy in tiles of at most {chunk:,} x {chunk:,} logits, columns passed "
             f"around a ppermute ring (config.loss.chunk_size={chunk})")
