@@ -13,7 +13,9 @@ against every column of the global batch; SigLIP needs the sum of a sigmoid term
   backward pass recomputes each tile's logits and softmax from them;
 * with an ``axis_name`` (inside ``shard_map`` / ``pmap``) the column blocks travel around the
   device ring by ``ppermute`` instead of one ``all_gather``, together with the state that belongs
-  to them (the per-column log-sum-exp, the column gradients), and come home after a full circle.
+  to them (the per-column log-sum-exp, the column gradients), and come home after a full circle;
+* optional row and column masks (the losses' ``where=``) leave masked samples out of every tile;
+  a column block's mask travels the ring with it.
 
 Everything here works on already-normalized float32 embeddings; ``mmssl_jax.losses`` is the
 public interface.

@@ -257,9 +257,9 @@ def retrieval_recall(
 # ----------------------------------------------------------------------------- modality ablations
 
 CAPTION_ABLATIONS = ("captions", "removed", "shuffled", "noise")
-"""How captions are changed at evaluation: kept; removed (the zero input a dropped modality
-gets in training, :func:`mmssl_jax.data.augment.drop_modality`); shuffled across images; replaced by Gaussian noise of
-the same norm."""
+"""How captions are changed at evaluation: kept; removed (a zero input, what a model that fuses
+the modalities would see for a missing caption); shuffled across images; replaced by Gaussian
+noise of the same norm."""
 
 
 def ablate_captions(embeddings: np.ndarray, mode: str, seed: int = 0) -> np.ndarray:
