@@ -144,6 +144,22 @@ def eval_config(protocols: tuple[str, ...] = ("linear_probe", "knn")) -> ml_coll
     e.retrieval.name = ""
     # Modality ablations (models with a text branch): captions removed, shuffled, or noise.
     e.ablations = False
+    # Robustness curves: each metric against a corruption rate, with MultiBench's relative and
+    # effective robustness per curve, and <workdir>/robustness.png. Caption corruptions (text
+    # branch) hit a fraction r of the images: "caption_missing", "caption_swapped",
+    # "caption_noise"; image corruptions hit every test image at severity r: "image_noise",
+    # "image_blur", "image_occlusion". (): none (each rate costs a pass over the test images
+    # for an image corruption). CLI: --config.eval.robustness.corruptions="('caption_missing',)".
+    e.robustness = ml_collections.ConfigDict()
+    e.robustness.corruptions = ()
+    e.robustness.rates = tuple(round(0.1 * i, 1) for i in range(11))  # from 0 (clean) to 1; subsample to save time
+    # Metric families followed, () all that apply: retrieval, fused_probe, fused_knn (caption
+    # corruptions, on the retrieval split), probe, knn, zero_shot (image corruptions), retrieval.
+    e.robustness.metrics = ()
+    # Effective robustness against another run's curves: its eval_summary.json or workdir (same
+    # corruptions and rates); "": against the constant clean score (a model the corruption cannot touch).
+    e.robustness.baseline = ""
+    e.robustness.seed = 0  # Which images and captions are corrupted, the noise and the occluders.
     return e
 
 

@@ -107,6 +107,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.eval.protocols {list(ec.protocols)}: zero_shot and retrieval need a text view")
         if ec.every < 0:
             raise ConfigError(f"config.eval.every must be >= 0, got {ec.every}")
+        _check_robustness(ec, modalities)
     try:
         inputs.augment_configs(config)
         build_model(config)
@@ -137,3 +138,29 @@ def _check_partial_pairing(config: ml_collections.ConfigDict, views: dict) -> No
                 f"config.loss_terms[{i}]: {term['loss']} on a text view, but some samples have no caption "
                 f"(input.caption_fraction, input.missing_captions or modality_dropout.text) and {term['loss']} "
                 f"takes no per-sample mask; use one of {sorted(MASKABLE)}")
+
+
+def _check_robustness(ec: ml_collections.ConfigDict, modalities: set) -> None:
+    """eval.robustness: known corruptions and metrics, valid rates, and data for every curve."""
+    from mmssl_jax.evaluation import robustness
+
+    rc = ec.get("robustness")
+    if rc is None or not rc.corruptions:
+        return
+    unknown = sorted(set(rc.corruptions) - set(robustness.CORRUPTIONS))
+    if unknown:
+        raise ConfigError(f"config.eval.robustness.corruptions: unknown {unknown}; known: {list(robustness.CORRUPTIONS)}")
+    unknown = sorted(set(rc.get("metrics") or ()) - set(robustness.METRICS))
+    if unknown:
+        raise ConfigError(f"config.eval.robustness.metrics: unknown {unknown}; known: {list(robustness.METRICS)}")
+    try:
+        robustness.check_rates(rc.rates)
+    except ValueError as e:
+        raise ConfigError(f"config.eval.robustness.{e}") from e
+    if set(rc.corruptions) & set(robustness.CAPTION_CORRUPTIONS) and "text" not in modalities:
+        raise ConfigError(f"config.eval.robustness.corruptions {list(rc.corruptions)}: caption corruptions need a "
+                          "text view")
+    if set(rc.corruptions) & set(robustness.IMAGE_CORRUPTIONS) and not set(ec.protocols) & {
+            "linear_probe", "knn", "zero_shot", "retrieval"}:
+        raise ConfigError("config.eval.robustness: image corruptions follow the linear_probe, knn, zero_shot or "
+                          "retrieval metrics; add one to config.eval.protocols")
