@@ -355,6 +355,9 @@ def test_partially_paired_training_on_the_embedded_data(data_dir, tmp_path):
     assert [m["input/caption_fraction"] for _, m in history] == pytest.approx(shares)
     assert 0 < np.mean(shares) < 0.5 and all(np.isfinite(m["loss"]) for _, m in history)
     assert summary["loss/clip/image1-text"] > 0 and summary["loss/nt_xent/image1-image2"] > 0
+    card = (tmp_path / "quarter" / "recipe.md").read_text()
+    assert ("| partially paired | 25% of the images keep their captions (seeded, fixed); caption-less samples leave "
+            "clip/image1-text, clip/image2-text |") in card
 
     config.loss_terms = [dict(t) for t in config.loss_terms] + [cb.term("image1", "text", "vicreg")]
     with pytest.raises(train.ConfigError, match=r"loss_terms\[3\]: vicreg on a text view, but some samples have no caption"):
