@@ -117,7 +117,7 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config):
         if partial:  # some samples have no caption: the image-text terms leave them out
             has_text = batch.pop("has_text", None)
             if dropout.get("text", 0.0) > 0:  # a caption dropped for this step
-                kept = jax.random.bernoulli(jax.random.fold_in(key, 10_000), 1.0 - dropout["text"],
+                kept = jax.random.bernoulli(jax.random.fold_in(key, 20_000), 1.0 - dropout["text"],
                                             batch[text_views[0]].shape[:1])
                 has_text = kept if has_text is None else has_text & kept
             where = {view: has_text for view in text_views}
