@@ -229,7 +229,7 @@ def effective_robustness(values: Sequence[float], baseline: Sequence[float] | No
     b = np.full_like(f, f[0]) if baseline is None else np.asarray(baseline, np.float64)
     if b.shape != f.shape:
         raise ValueError(f"baseline has {b.shape[0]} points, the curve {f.shape[0]}")
-    return float(np.sum(f - (b + f[0] - b[0])))
+    return float(np.sum(f - (b + (f[0] - b[0]))))  # the shift first: a curve against itself scores exactly 0
 
 
 def summary_scores(rates: Sequence[float], curves: Mapping[str, Mapping[str, Sequence[float]]],
