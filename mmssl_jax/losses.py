@@ -531,5 +531,6 @@ def positive_pair_accuracy(query: ArrayLike, key: ArrayLike, *, axis_name: str |
     index, devices = sharding.axis_index_and_size(axis_name)
     similarity = _similarity(q, sharding.all_gather_rows(k, axis_name))
     similarity = loss_inputs.restrict(similarity, valid, loss_inputs.gather(valid, axis_name))
-    correct = loss_inputs.drop_rows((jnp.argmax(similarity, axis=-1) == index * n + jnp.arange(n)).astype(jnp.float32), valid)
+    correct = (jnp.argmax(similarity, axis=-1) == index * n + jnp.arange(n)).astype(jnp.float32)
+    correct = loss_inputs.drop_rows(correct, valid)
     return loss_inputs.global_mean(jnp.sum(correct), valid, n * devices, axis_name)

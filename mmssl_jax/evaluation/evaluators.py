@@ -139,7 +139,8 @@ class RetrievalEval:
         self.prefix = ec.get("name") or dataset_prefix(str(ec.dataset))
         source = _load(ec.dataset, ec.split, ec.data_dir)
         self.captions, self.owners = caption_table(source)
-        self.label_key = ablation_label if (ablations or keep_label) and ablation_label in _features_of(source) else None
+        labelled = (ablations or keep_label) and ablation_label in _features_of(source)
+        self.label_key = ablation_label if labelled else None
         self.images = ImageSet(source, image_size=image_size, batch_size=ec.batch_size,
                                center_crop_fraction=ec.center_crop_fraction,
                                keep=(self.label_key,) if self.label_key else (), cache_mb=ec.cache_mb,
@@ -238,7 +239,8 @@ class RobustnessEval:
         for prefix, by_mode in curves.items():
             for mode, by_metric in by_mode.items():
                 for metric, values in by_metric.items():
-                    out.update({f"eval/{prefix}/robustness/{mode}/{metric}@{r:g}": v for r, v in zip(self.rates, values)})
+                    out.update({f"eval/{prefix}/robustness/{mode}/{metric}@{r:g}": v
+                                for r, v in zip(self.rates, values)})
             base = None if self.baseline is None else self._baseline_curves(prefix, by_mode)
             scores = robustness.summary_scores(self.rates, by_mode, base)
             out.update({f"eval/{prefix}/robustness/{k}": v for k, v in scores.items()})
@@ -246,7 +248,9 @@ class RobustnessEval:
 
     def _corrupted(self, images: ImageSet, variables, mode: str, rate: float) -> dict[str, np.ndarray]:
         process = jax.process_index()
-        corrupt = lambda x, number: robustness.corrupt_images(x, mode, rate, seed=(self.seed, process, number))  # noqa: E731
+        def corrupt(x, number):
+            return robustness.corrupt_images(x, mode, rate, seed=(self.seed, process, number))
+
         return images.features(self.frozen, variables, transform=corrupt)
 
     def _image_curves(self, cls: ClassificationEval, variables, curves) -> None:
@@ -270,7 +274,8 @@ class RobustnessEval:
                                          num_classes=len(cls.class_names))[f"k{self.knn_k}_top1"]
                     _append(curves, cls.prefix, mode, f"knn{self.knn_k}_top1", value)
                 if classes is not None:
-                    _append(curves, cls.prefix, mode, "zero_shot_top1", zero_shot_classify(test["z"], classes, test["label"])["top1"])
+                    value = zero_shot_classify(test["z"], classes, test["label"])["top1"]
+                    _append(curves, cls.prefix, mode, "zero_shot_top1", value)
 
     def _baseline_curves(self, prefix: str, by_mode) -> dict[str, dict[str, list[float]]]:
         out: dict[str, dict[str, list[float]]] = {}

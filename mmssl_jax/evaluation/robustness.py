@@ -179,7 +179,9 @@ def caption_curves(
         train, test = split[: len(split) // 2], split[len(split) // 2:]
         image_part = np.asarray(l2_normalize(image_h))
         clean = np.concatenate([image_part, np.asarray(l2_normalize(text_fn(captions[first])))], axis=1)
-        probe = fit_linear_probe(clean[train], labels[train], iters=probe_iters, seed=seed) if "fused_probe" in metrics else None
+        probe = None
+        if "fused_probe" in metrics:
+            probe = fit_linear_probe(clean[train], labels[train], iters=probe_iters, seed=seed)
         test_owners = np.arange(len(test))
     for mode in corruptions:
         curves: dict[str, list[float]] = {}
