@@ -309,3 +309,56 @@ def test_dry_run_prints_the_recipe_card_and_the_compiled_step(data_dir, tmp_path
     assert "| warmup | 8 updates (0.5 epochs) |" in card and "momentum 0.9 nesterov" in card
     assert "memory per device: peak" in out and "FLOPs per device per micro-step" in out
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "history.json").exists()
+
+
+# ----------------------------------------------------------------------------- partially paired
+
+
+def test_method_loss_masks_the_terms_that_read_a_partial_view():
+    """DESIGN.md's partially paired image+caption: image terms on every sample, image-text terms
+    (and their accuracy) on the captioned ones, exactly the losses' ``where=``."""
+    from mmssl_jax import losses, objectives
+
+    rng = np.random.default_rng(0)
+    z = {v: rng.normal(size=(12, 8)).astype(np.float32) for v in ("image1", "image2", "text")}
+    has_text = rng.random(12) < 0.5
+    config = load_config("bert_simclr")
+    terms = [dict(t) for t in config.loss_terms]
+    scalars = {"logit_scale": np.float32(2.0)}
+    _, metrics = objectives.method_loss(z, scalars, terms, where={"text": has_text})
+    np.testing.assert_allclose(metrics["loss/nt_xent/image1-image2"], losses.nt_xent(z["image1"], z["image2"], temperature=0.2))
+    for view in ("image1", "image2"):
+        want = losses.clip(z[view][has_text], z["text"][has_text], logit_scale=2.0)
+        np.testing.assert_allclose(metrics[f"loss/clip/{view}-text"], want, rtol=1e-6)
+        np.testing.assert_allclose(metrics[f"accuracy/clip/{view}-text"],
+                                   losses.positive_pair_accuracy(z[view][has_text], z["text"][has_text]))
+    # No caption in the batch: the image-text terms are 0 and give the temperature no gradient.
+    grad = jax.grad(lambda s: objectives.method_loss(z, {"logit_scale": s}, terms, where={"text": np.zeros(12, bool)})[0])
+    assert float(grad(np.float32(2.0))) == 0.0
+    terms.append({"a": "image1", "b": "text", "loss": "barlow_twins", "weight": 1.0, "kwargs": {}})
+    with pytest.raises(ValueError, match="barlow_twins/image1-text reads a partially present view"):
+        objectives.method_loss(z, scalars, terms, where={"text": has_text})
+
+
+def test_partially_paired_training_on_the_embedded_data(data_dir, tmp_path):
+    """BERTSimCLR with 3 of 4 images' captions hidden: the step trains the image-text terms on the
+    batch's captioned images (their logged share is the pipeline's ``has_text``); a loss without
+    a mask on the text view is refused before training."""
+    from mmssl_jax.data import inputs
+
+    config = tiny(load_config("bert_simclr"), data_dir, steps=2)
+    config.input.caption_fraction = 0.25
+    summary = train.train_and_evaluate(config, tmp_path / "quarter")
+    history = json.loads((tmp_path / "quarter" / "history.json").read_text())
+    stream = iter(inputs.make_input(config, inputs.train_source(config), seed=config.seed))
+    shares = [float(np.mean(next(stream)["has_text"])) for _ in history]
+    assert [m["input/caption_fraction"] for _, m in history] == pytest.approx(shares)
+    assert 0 < np.mean(shares) < 0.5 and all(np.isfinite(m["loss"]) for _, m in history)
+    assert summary["loss/clip/image1-text"] > 0 and summary["loss/nt_xent/image1-image2"] > 0
+    card = (tmp_path / "quarter" / "recipe.md").read_text()
+    assert ("| partially paired | 25% of the images keep their captions (seeded, fixed); caption-less samples leave "
+            "clip/image1-text, clip/image2-text |") in card
+
+    config.loss_terms = [dict(t) for t in config.loss_terms] + [cb.term("image1", "text", "vicreg")]
+    with pytest.raises(train.ConfigError, match=r"loss_terms\[3\]: vicreg on a text view, but some samples have no caption"):
+        train.train_and_evaluate(config, tmp_path / "bad")
