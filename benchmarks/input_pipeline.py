@@ -120,8 +120,8 @@ def make_records(count: int, shape: tuple[int, int], seed: int = 0, quality: int
 class MakeViewsHostColour(pipeline.MakeViews):
     """``MakeViews`` whose image views also get the colour ops, in numpy, per record."""
 
-    def _views(self, record, rng):
-        sample = super()._views(record, rng)
+    def _views(self, record, rng, index=None):
+        sample = super()._views(record, rng, index)
         for name, cfg in self.image_views.items():
             view = sample[name].astype(np.float32) / 255.0
             sample[name] = augment_bench.numpy_color_augment(view, rng, cfg).astype(np.float32)

@@ -51,6 +51,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.batch_size = 128  # Global batch (all devices, all hosts), per optimizer micro-step.
     c.input.image_size = 32  # Side of the image views after the random resized crop.
     c.input.caption_mode = "random"  # "random": a new caption each time (caption augmentation); "first": always caption 0.
+    # Partially paired training: the fraction of training images that keep their captions; the
+    # others (one seeded draw per image, the same every epoch and after a resume) are caption-less:
+    # the image-only loss terms train on them, the image-text terms leave them out (loss masks).
+    c.input.caption_fraction = 1.0
+    # A stored image without captions: "skip" it (with a warning) or "mask" it (kept, caption-less).
+    c.input.missing_captions = "skip"
     c.input.worker_count = 0  # grain worker processes for decoding and cropping (0: in the main process).
     c.input.prepare_if_missing = True  # Prepare the embedded dataset on first use (never downloads).
 
@@ -105,8 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
     # parameter joins the first group that selects it, else "default" (see param_group()).
     c.optimizer.groups = ml_collections.ConfigDict()
 
-    # Robustness to a missing modality: modality -> fraction of samples whose input is zeroed
-    # in training (e.g. {"text": 0.3}); evaluate it with eval.ablations ("removed" captions).
+    # Robustness to a missing modality: modality -> fraction of samples that lose it at each step
+    # (e.g. {"text": 0.3}). A dropped caption leaves the sample out of the image-text terms for
+    # that step (loss masks, as input.caption_fraction); another modality's input is zeroed.
+    # Evaluate with eval.ablations or eval.robustness.
     c.modality_dropout = ml_collections.ConfigDict()
     c.eval = eval_config()
     return c
@@ -150,6 +158,22 @@ def eval_config(protocols: tuple[str, ...] = ("linear_probe", "knn")) -> ml_coll
     e.retrieval.name = ""
     # Modality ablations (models with a text branch): captions removed, shuffled, or noise.
     e.ablations = False
+    # Robustness curves: each metric against a corruption rate, with MultiBench's relative and
+    # effective robustness per curve, and <workdir>/robustness.png. Caption corruptions (text
+    # branch) hit a fraction r of the images: "caption_missing", "caption_swapped",
+    # "caption_noise"; image corruptions hit every test image at severity r: "image_noise",
+    # "image_blur", "image_occlusion". (): none (each rate costs a pass over the test images
+    # for an image corruption). CLI: --config.eval.robustness.corruptions="('caption_missing',)".
+    e.robustness = ml_collections.ConfigDict()
+    e.robustness.corruptions = ()
+    e.robustness.rates = tuple(round(0.1 * i, 1) for i in range(11))  # from 0 (clean) to 1; subsample to save time
+    # Metric families followed, () all that apply: retrieval, fused_probe, fused_knn (caption
+    # corruptions, on the retrieval split), probe, knn, zero_shot (image corruptions), retrieval.
+    e.robustness.metrics = ()
+    # Effective robustness against another run's curves: its eval_summary.json or workdir (same
+    # corruptions and rates); "": against the constant clean score (a model the corruption cannot touch).
+    e.robustness.baseline = ""
+    e.robustness.seed = 0  # Which images and captions are corrupted, the noise and the occluders.
     return e
 
 

@@ -24,18 +24,21 @@ log-sum-exp, tiles recomputed in the backward pass, and under ``axis_name`` the 
 around a ``ppermute`` ring: memory is the embeddings plus a few tiles, whatever the global batch,
 and values and gradients equal the default path to float32 rounding (:mod:`mmssl_jax.streaming`).
 
+Partially paired batches (``where=`` on the contrastive losses and the accuracy): a bool
+``[batch]`` mask; the loss equals the unmasked loss on the valid samples alone (masked samples are
+neither anchors nor positives nor negatives, and get no gradient), the mean over the valid
+samples of the global batch, 0 when there are none (:mod:`mmssl_jax.masking`).
+
 Shapes and ranks are checked at trace time and errors name the argument and its shape.
 """
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mmssl_jax import sharding, streaming
+from mmssl_jax import loss_inputs, sharding, streaming
 
 __all__ = [
     "nt_xent",
@@ -59,44 +62,6 @@ _BN_EPS = 1e-5  # Barlow Twins standardizes with BatchNorm1d(affine=False): eps 
 _VICREG_EPS = 1e-4  # std = sqrt(var + 1e-4) in the VICReg paper and code.
 
 
-# --------------------------------------------------------------------------- input checks
-
-
-def _check_embeddings(fn: str, name: str, x: ArrayLike) -> tuple[int, int]:
-    shape = jnp.shape(x)
-    if len(shape) != 2:
-        raise ValueError(f"{fn}: `{name}` must be [batch, dim] (rank 2), got shape {shape}.")
-    if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"{fn}: `{name}` is empty, shape {shape}; need batch >= 1 and dim >= 1.")
-    dtype = jnp.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{fn}: `{name}` must be a floating-point array, got dtype {dtype}.")
-    return shape[0], shape[1]
-
-
-def _check_pair(fn: str, name_a: str, a: ArrayLike, name_b: str, b: ArrayLike) -> tuple[int, int]:
-    """Checks two paired embedding arrays; returns the local ``(batch, dim)``."""
-    batch, dim = _check_embeddings(fn, name_a, a)
-    _check_embeddings(fn, name_b, b)
-    if jnp.shape(a) != jnp.shape(b):
-        raise ValueError(
-            f"{fn}: `{name_a}` and `{name_b}` must have the same shape, got "
-            f"{jnp.shape(a)} and {jnp.shape(b)}."
-        )
-    return batch, dim
-
-
-def _check_positive(fn: str, name: str, value: ArrayLike) -> None:
-    if isinstance(value, numbers.Real) and not value > 0:
-        raise ValueError(f"{fn}: `{name}` must be > 0, got {value}.")
-
-
-def _scalar(fn: str, name: str, value: ArrayLike) -> Array:
-    if jnp.size(value) != 1:
-        raise ValueError(f"{fn}: `{name}` must be a scalar, got shape {jnp.shape(value)}.")
-    return jnp.reshape(jnp.asarray(value, jnp.float32), ())
-
-
 # --------------------------------------------------------------------------- building blocks
 
 
@@ -118,10 +83,6 @@ def _cross_entropy(logits: Array, labels: Array) -> Array:
     return jax.nn.logsumexp(logits, axis=-1) - positive
 
 
-def _global_mean(local_sum: Array, global_count: int, axis_name: str | None) -> Array:
-    return sharding.global_sum(local_sum, axis_name) / global_count
-
-
 def _off_diagonal(m: Array) -> Array:
     """``m`` with its diagonal set to zero: ``[d, d] -> [d, d]``."""
     return jnp.where(jnp.eye(m.shape[0], dtype=bool), 0.0, m)
@@ -137,6 +98,7 @@ def nt_xent(
     temperature: float | ArrayLike = 0.1,
     axis_name: str | None = None,
     chunk_size: int | None = None,
+    where: ArrayLike | None = None,
 ) -> Array:
     """SimCLR's normalized-temperature cross-entropy (NT-Xent), the 2N-way loss.
 
@@ -153,22 +115,26 @@ def nt_xent(
       chunk_size: ``None`` (default) builds the local rows x global columns logits at once;
         an int streams them in ``chunk_size x chunk_size`` tiles (and around the device ring
         under ``axis_name``), for global batches whose logits do not fit in memory.
+      where: optional bool ``[batch]``: the samples that take part (a partially paired batch);
+        the loss is then this loss on the valid samples alone, 0 if there are none.
 
     Returns:
       float32 scalar.
     """
-    n, _ = _check_pair("nt_xent", "z1", z1, "z2", z2)
-    _check_positive("nt_xent", "temperature", temperature)
+    n, _ = loss_inputs.pair("nt_xent", "z1", z1, "z2", z2)
+    loss_inputs.positive("nt_xent", "temperature", temperature)
     streaming.check_chunk_size("nt_xent", chunk_size)
+    valid = loss_inputs.check_where("nt_xent", where, n)
+    both = None if valid is None else jnp.concatenate([valid, valid])  # the rows [z1; z2]
     z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
     index, devices = sharding.axis_index_and_size(axis_name)
     g = n * devices
     if chunk_size is not None:  # rows and columns: this device's [z1; z2], self left out
         z = jnp.concatenate([z1, z2])
-        lse, _ = streaming.softmax_lse(
-            z, z, 1.0 / temperature, chunk_size=chunk_size, axis_name=axis_name, exclude_diagonal=True)
-        positive = 2.0 * jnp.sum(z1 * z2) / temperature
-        return _global_mean(jnp.sum(lse) - positive, 2 * g, axis_name)
+        lse, _ = streaming.softmax_lse(z, z, 1.0 / temperature, chunk_size=chunk_size, axis_name=axis_name,
+                                       exclude_diagonal=True, row_mask=both, col_mask=both)
+        positive = 2.0 * jnp.sum(loss_inputs.drop_rows(jnp.sum(z1 * z2, axis=-1), valid)) / temperature
+        return loss_inputs.global_mean(jnp.sum(loss_inputs.drop_rows(lse, both)) - positive, valid, g, axis_name, 2)
     # Columns: all of view 1, then all of view 2 (global order). Rows: this device's part of each.
     cols = jnp.concatenate([sharding.all_gather_rows(z1, axis_name), sharding.all_gather_rows(z2, axis_name)])
     rows = jnp.concatenate([z1, z2])
@@ -178,7 +144,10 @@ def nt_xent(
     positive_col = jnp.concatenate([g + own, own])
     is_self = jnp.arange(2 * g)[None, :] == self_col[:, None]
     logits = jnp.where(is_self, -jnp.inf, logits)
-    return _global_mean(jnp.sum(_cross_entropy(logits, positive_col)), 2 * g, axis_name)
+    gathered = loss_inputs.gather(valid, axis_name)
+    logits = loss_inputs.restrict(logits, both, None if valid is None else jnp.concatenate([gathered, gathered]))
+    per_row = loss_inputs.drop_rows(_cross_entropy(logits, positive_col), both)
+    return loss_inputs.global_mean(jnp.sum(per_row), valid, g, axis_name, 2)
 
 
 def info_nce(
@@ -189,6 +158,7 @@ def info_nce(
     negatives: ArrayLike | None = None,
     axis_name: str | None = None,
     chunk_size: int | None = None,
+    where: ArrayLike | None = None,
 ) -> Array:
     """InfoNCE of queries against keys (one direction), with in-batch or queued negatives.
 
@@ -211,50 +181,48 @@ def info_nce(
         an int streams them in ``chunk_size x chunk_size`` tiles (the queue's columns too;
         the in-batch keys around the device ring under ``axis_name``), for global batches
         whose logits do not fit in memory.
+      where: optional bool ``[batch]``: the pairs that take part; a masked query has no loss and a
+        masked key is no negative (the queue's negatives are not masked). The loss is then this
+        loss on the valid pairs alone, 0 if there are none.
 
     Returns:
       float32 scalar, the mean over the global batch of queries.
     """
-    n, dim = _check_pair("info_nce", "query", query, "key", key)
-    _check_positive("info_nce", "temperature", temperature)
+    n, dim = loss_inputs.pair("info_nce", "query", query, "key", key)
+    loss_inputs.positive("info_nce", "temperature", temperature)
     streaming.check_chunk_size("info_nce", chunk_size)
+    valid = loss_inputs.check_where("info_nce", where, n)
     q, k = _l2_normalize(query), _l2_normalize(key)
     index, devices = sharding.axis_index_and_size(axis_name)
     if chunk_size is not None:
-        return _info_nce_chunked(q, k, temperature, negatives, axis_name, chunk_size)
+        return _info_nce_chunked(q, k, temperature, negatives, axis_name, chunk_size, valid)
     if negatives is None:
         logits = _similarity(q, sharding.all_gather_rows(k, axis_name))  # [n, g]
+        logits = loss_inputs.restrict(logits, valid, loss_inputs.gather(valid, axis_name))
         labels = index * n + jnp.arange(n)
     else:
-        _check_negatives(negatives, dim, jnp.shape(query))
+        loss_inputs.negatives(negatives, dim, jnp.shape(query))
         positive = jnp.sum(q * k, axis=-1, keepdims=True)  # [n, 1]
         logits = jnp.concatenate([positive, _similarity(q, _l2_normalize(negatives))], axis=1)
         labels = jnp.zeros((n,), jnp.int32)
-    per_row = _cross_entropy(logits / temperature, labels)
-    return _global_mean(jnp.sum(per_row), n * devices, axis_name)
+    per_row = loss_inputs.drop_rows(_cross_entropy(logits / temperature, labels), valid)
+    return loss_inputs.global_mean(jnp.sum(per_row), valid, n * devices, axis_name)
 
 
-def _check_negatives(negatives: ArrayLike, dim: int, query_shape: tuple) -> None:
-    _, neg_dim = _check_embeddings("info_nce", "negatives", negatives)
-    if neg_dim != dim:
-        raise ValueError(
-            f"info_nce: `negatives` must have the embedding dim of `query`, got "
-            f"negatives {jnp.shape(negatives)} and query {query_shape}."
-        )
-
-
-def _info_nce_chunked(q, k, temperature, negatives, axis_name, chunk_size) -> Array:
+def _info_nce_chunked(q, k, temperature, negatives, axis_name, chunk_size, valid) -> Array:
     """:func:`info_nce` streamed: in-batch keys around the ring, or the queue in column tiles."""
     positive = jnp.sum(q * k, axis=-1) / temperature  # [n]
     if negatives is None:
-        lse, _ = streaming.softmax_lse(q, k, 1.0 / temperature, chunk_size=chunk_size, axis_name=axis_name)
+        lse, _ = streaming.softmax_lse(q, k, 1.0 / temperature, chunk_size=chunk_size, axis_name=axis_name,
+                                       row_mask=valid, col_mask=valid)
     else:
-        _check_negatives(negatives, q.shape[1], q.shape)
+        loss_inputs.negatives(negatives, q.shape[1], q.shape)
         lse, _ = streaming.softmax_lse(q, _l2_normalize(negatives), 1.0 / temperature,
                                        chunk_size=chunk_size, axis_name=axis_name, ring=False)
         lse = jnp.logaddexp(lse, positive)  # the positive is column 0 of [positive, queue]
     _, devices = sharding.axis_index_and_size(axis_name)
-    return _global_mean(jnp.sum(lse - positive), q.shape[0] * devices, axis_name)
+    per_row = loss_inputs.drop_rows(lse - positive, valid)
+    return loss_inputs.global_mean(jnp.sum(per_row), valid, q.shape[0] * devices, axis_name)
 
 
 def clip(
@@ -264,6 +232,7 @@ def clip(
     logit_scale: ArrayLike,
     axis_name: str | None = None,
     chunk_size: int | None = None,
+    where: ArrayLike | None = None,
 ) -> Array:
     """CLIP's symmetric contrastive loss.
 
@@ -280,28 +249,34 @@ def clip(
       chunk_size: ``None`` (default) builds the local rows x global columns logits at once;
         an int streams both directions in one sweep of ``chunk_size x chunk_size`` tiles (and
         around the device ring under ``axis_name``), for batches whose logits do not fit.
+      where: optional bool ``[batch]``: the image-caption pairs that exist (an image without a
+        caption: False). Both directions are then restricted to the valid pairs (rows and
+        columns): this loss on the valid pairs alone, 0 if there are none.
 
     Returns:
       float32 scalar.
     """
-    n, _ = _check_pair("clip", "image_emb", image_emb, "text_emb", text_emb)
+    n, _ = loss_inputs.pair("clip", "image_emb", image_emb, "text_emb", text_emb)
     streaming.check_chunk_size("clip", chunk_size)
-    scale = jnp.exp(_scalar("clip", "logit_scale", logit_scale))
+    valid = loss_inputs.check_where("clip", where, n)
+    scale = jnp.exp(loss_inputs.scalar("clip", "logit_scale", logit_scale))
     a, b = _l2_normalize(image_emb), _l2_normalize(text_emb)
     index, devices = sharding.axis_index_and_size(axis_name)
     if chunk_size is not None:  # one sweep gives image->text (rows) and text->image (columns)
         row_lse, col_lse = streaming.softmax_lse(
-            a, b, scale, chunk_size=chunk_size, axis_name=axis_name, col_lse=True)
-        positive = scale * jnp.sum(a * b, axis=-1)
-        return _global_mean(jnp.sum(row_lse + col_lse - 2.0 * positive), 2 * n * devices, axis_name)
+            a, b, scale, chunk_size=chunk_size, axis_name=axis_name, col_lse=True, row_mask=valid, col_mask=valid)
+        per_row = loss_inputs.drop_rows(row_lse + col_lse - 2.0 * scale * jnp.sum(a * b, axis=-1), valid)
+        return loss_inputs.global_mean(jnp.sum(per_row), valid, n * devices, axis_name, 2)
     labels = index * n + jnp.arange(n)
     image_to_text = scale * _similarity(a, sharding.all_gather_rows(b, axis_name))  # [n, g]
     if axis_name is None:
         text_to_image = image_to_text.T  # the whole square is on hand: one matmul, not two
     else:
         text_to_image = scale * _similarity(b, sharding.all_gather_rows(a, axis_name))  # [n, g]
-    per_row = _cross_entropy(image_to_text, labels) + _cross_entropy(text_to_image, labels)
-    return _global_mean(jnp.sum(per_row), 2 * n * devices, axis_name)
+    gathered = loss_inputs.gather(valid, axis_name)
+    per_row = sum(_cross_entropy(loss_inputs.restrict(logits, valid, gathered), labels)
+                  for logits in (image_to_text, text_to_image))
+    return loss_inputs.global_mean(jnp.sum(loss_inputs.drop_rows(per_row, valid)), valid, n * devices, axis_name, 2)
 
 
 def siglip(
@@ -312,6 +287,7 @@ def siglip(
     logit_bias: ArrayLike,
     axis_name: str | None = None,
     chunk_size: int | None = None,
+    where: ArrayLike | None = None,
 ) -> Array:
     """SigLIP's pairwise sigmoid loss.
 
@@ -328,24 +304,31 @@ def siglip(
       chunk_size: ``None`` (default) builds the local rows x global columns logits at once;
         an int streams the pairs in ``chunk_size x chunk_size`` tiles (and around the device
         ring under ``axis_name``), for global batches whose logits do not fit in memory.
+      where: optional bool ``[batch]``: the image-caption pairs that exist; only pairs of two
+        valid samples are summed, divided by the number of valid samples (0 if there are none).
 
     Returns:
       float32 scalar.
     """
-    n, _ = _check_pair("siglip", "image_emb", image_emb, "text_emb", text_emb)
+    n, _ = loss_inputs.pair("siglip", "image_emb", image_emb, "text_emb", text_emb)
     streaming.check_chunk_size("siglip", chunk_size)
-    scale = jnp.exp(_scalar("siglip", "logit_scale", logit_scale))
-    bias = _scalar("siglip", "logit_bias", logit_bias)
+    valid = loss_inputs.check_where("siglip", where, n)
+    scale = jnp.exp(loss_inputs.scalar("siglip", "logit_scale", logit_scale))
+    bias = loss_inputs.scalar("siglip", "logit_bias", logit_bias)
     a, b = _l2_normalize(image_emb), _l2_normalize(text_emb)
     index, devices = sharding.axis_index_and_size(axis_name)
     g = n * devices
     if chunk_size is not None:
-        total = streaming.sigmoid_sum(a, b, scale, bias, chunk_size=chunk_size, axis_name=axis_name)
-        return _global_mean(total, g, axis_name)
+        total = streaming.sigmoid_sum(a, b, scale, bias, chunk_size=chunk_size, axis_name=axis_name,
+                                      row_mask=valid, col_mask=valid)
+        return loss_inputs.global_mean(total, valid, g, axis_name)
     logits = scale * _similarity(a, sharding.all_gather_rows(b, axis_name)) + bias  # [n, g]
     matching = jnp.arange(g)[None, :] == (index * n + jnp.arange(n))[:, None]
     labels = jnp.where(matching, 1.0, -1.0)
-    return _global_mean(-jnp.sum(jax.nn.log_sigmoid(labels * logits)), g, axis_name)
+    terms = -jax.nn.log_sigmoid(labels * logits)
+    if valid is not None:
+        terms = jnp.where(valid[:, None] & loss_inputs.gather(valid, axis_name)[None, :], terms, 0.0)
+    return loss_inputs.global_mean(jnp.sum(terms), valid, g, axis_name)
 
 
 # --------------------------------------------------------------------------- redundancy reduction
@@ -365,7 +348,7 @@ def barlow_twins_terms(
     Returns ``{"on_diagonal": sum_i (1 - C_ii)^2, "off_diagonal": sum_{i != j} C_ij^2}`` where
     ``C`` is the cross-correlation matrix defined in :func:`barlow_twins`.
     """
-    n, _ = _check_pair("barlow_twins", "z1", z1, "z2", z2)
+    n, _ = loss_inputs.pair("barlow_twins", "z1", z1, "z2", z2)
     _, devices = sharding.axis_index_and_size(axis_name)
     g = n * devices
 
@@ -410,7 +393,7 @@ def vicreg_terms(z1: ArrayLike, z2: ArrayLike, *, axis_name: str | None = None) 
 
     Returns ``{"invariance": ..., "variance": ..., "covariance": ...}``.
     """
-    n, dim = _check_pair("vicreg", "z1", z1, "z2", z2)
+    n, dim = loss_inputs.pair("vicreg", "z1", z1, "z2", z2)
     _, devices = sharding.axis_index_and_size(axis_name)
     g = n * devices
     if g < 2:
@@ -474,12 +457,12 @@ def vicreg(
 
 def _mean_target_cosine(fn: str, prediction: ArrayLike, target: ArrayLike, axis_name: str | None) -> Array:
     """Mean over the global batch of ``cos(prediction_i, stop_gradient(target_i))``, in float32."""
-    n, _ = _check_pair(fn, "prediction", prediction, "target", target)
+    n, _ = loss_inputs.pair(fn, "prediction", prediction, "target", target)
     _, devices = sharding.axis_index_and_size(axis_name)
     p = _l2_normalize(prediction)
     z = _l2_normalize(lax.stop_gradient(target))
     cosine = jnp.sum(p * z, axis=-1)  # [n]
-    return _global_mean(jnp.sum(cosine), n * devices, axis_name)
+    return loss_inputs.global_mean(jnp.sum(cosine), None, n * devices, axis_name)
 
 
 def byol(prediction: ArrayLike, target: ArrayLike, *, axis_name: str | None = None) -> Array:
@@ -527,7 +510,8 @@ def negative_cosine(prediction: ArrayLike, target: ArrayLike, *, axis_name: str 
 # --------------------------------------------------------------------------- metrics
 
 
-def positive_pair_accuracy(query: ArrayLike, key: ArrayLike, *, axis_name: str | None = None) -> Array:
+def positive_pair_accuracy(query: ArrayLike, key: ArrayLike, *, axis_name: str | None = None,
+                           where: ArrayLike | None = None) -> Array:
     """In-batch top-1 retrieval accuracy: how often ``query[i]``'s most similar key is ``key[i]``.
 
     Cosine similarity against every key of the global batch; the metric a trainer logs beside a
@@ -536,13 +520,17 @@ def positive_pair_accuracy(query: ArrayLike, key: ArrayLike, *, axis_name: str |
     Args:
       query, key: ``[batch, dim]`` paired embeddings.
       axis_name: mapped axis inside ``shard_map``/``pmap``; ``None`` when the batch is whole.
+      where: optional bool ``[batch]``: only valid queries are scored, among valid keys.
 
     Returns:
-      float32 scalar in [0, 1], the fraction over the global batch.
+      float32 scalar in [0, 1], the fraction over the (valid samples of the) global batch.
     """
-    n, _ = _check_pair("positive_pair_accuracy", "query", query, "key", key)
+    n, _ = loss_inputs.pair("positive_pair_accuracy", "query", query, "key", key)
+    valid = loss_inputs.check_where("positive_pair_accuracy", where, n)
     q, k = _l2_normalize(query), _l2_normalize(key)
     index, devices = sharding.axis_index_and_size(axis_name)
     similarity = _similarity(q, sharding.all_gather_rows(k, axis_name))
-    correct = jnp.argmax(similarity, axis=-1) == index * n + jnp.arange(n)
-    return _global_mean(jnp.sum(correct.astype(jnp.float32)), n * devices, axis_name)
+    similarity = loss_inputs.restrict(similarity, valid, loss_inputs.gather(valid, axis_name))
+    correct = (jnp.argmax(similarity, axis=-1) == index * n + jnp.arange(n)).astype(jnp.float32)
+    correct = loss_inputs.drop_rows(correct, valid)
+    return loss_inputs.global_mean(jnp.sum(correct), valid, n * devices, axis_name)

@@ -295,9 +295,25 @@ def _base(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.
     raise ConfigError(f"config.optimizer.name must be one of 'lars', 'adamw', 'sgd', got {name!r}")
 
 
+def _check_lars_scalars(config: ml_collections.ConfigDict, labels) -> None:
+    """LARS gives a parameter of rank 0 no trust ratio, so a learned temperature or bias left in
+    the default group moves by the full peak learning rate (with momentum) every update: at
+    SimCLR's 0.3 x B/256 a CLIP temperature goes from 0.07 to 0.7 within 60 updates and the
+    image-text terms stop learning. Refused, so the config says what the scalar should do."""
+    if config.optimizer.name != "lars":
+        return
+    for name in dict(config.get("learned_scalars") or {}):
+        if isinstance(labels, Mapping) and labels.get(name) == "default":
+            raise ConfigError(
+                f"config.learned_scalars.{name} would train under LARS at the full learning rate: a scalar gets "
+                "no trust ratio. Give it its own rate, e.g. config.optimizer.groups = {'scalars': "
+                f"config_base.param_group('^{name}$', lr_multiplier=0.01)}}, or freeze it (optimizer.freeze)")
+
+
 def make_optimizer(config: ml_collections.ConfigDict, params, plan: RunPlan) -> Optimizer:
     """The optax chain a config asks for over ``params`` (a tree of arrays or shapes)."""
     labels = param_labels(config, params)
+    _check_lars_scalars(config, labels)
     used = set(jax.tree.leaves(labels))
     schedules = group_schedules(config, plan, used)
     if used == {"default"}:

@@ -20,7 +20,7 @@ import numpy as np
 
 from mmssl_jax import optim
 from mmssl_jax.data import augment, inputs
-from mmssl_jax.objectives import branch_views
+from mmssl_jax.objectives import branch_views, parse_side, term_name
 
 _AUGMENT_DEFAULTS = augment.AugmentConfig()
 
@@ -113,6 +113,8 @@ def recipe_card(config: ml_collections.ConfigDict, optimizer: optim.Optimizer, p
                            + (" (rising to 1 at the last update)" if config.ema.get("schedule") == "cosine" else "")))
     if config.get("moco") is not None and config.moco.get("queue_size"):
         model_rows.append(("queue", f"{config.moco.queue_size:,} keys of {config.moco.key_view}@momentum"))
+    if inputs.partially_paired(config):
+        model_rows.append(("partially paired", _partial_line(config)))
     lines += _table(["part", "setting"], model_rows)
     lines += ["", "## Augmentations (as built)", ""]
     lines += _table(["view", "augmentation"], [(v, _augment_line(a)) for v, a in inputs.augment_configs(config).items()])
@@ -165,6 +167,21 @@ def _loss_line(config: ml_collections.ConfigDict, plan: optim.RunPlan) -> str:
     return (f"device ring: shard_map over the data axis, {devices} devices x {batch // devices:,} rows; "
             f"contrastive terms and accuracy in tiles of at most {chunk:,} x {chunk:,} logits, columns passed "
             f"around a ppermute ring (config.loss.chunk_size={chunk})")
+
+
+def _partial_line(config: ml_collections.ConfigDict) -> str:
+    """Which samples lack a caption, and what the loss terms do about it."""
+    masked = [term_name(t) for t in config.loss_terms
+              if {parse_side(t["a"])[0], parse_side(t["b"])[0]} & set(inputs.text_views(config))]
+    parts = []
+    if config.input.get("caption_fraction", 1.0) < 1.0:
+        parts.append(f"{config.input.caption_fraction:.0%} of the images keep their captions (seeded, fixed)")
+    if config.input.get("missing_captions", "skip") == "mask":
+        parts.append("stored images without captions kept")
+    rate = dict(config.get("modality_dropout", {})).get("text", 0.0)
+    if rate > 0:
+        parts.append(f"{rate:.0%} of the captions dropped at each step")
+    return "; ".join(parts) + f"; caption-less samples leave {', '.join(masked)}"
 
 
 def _optimizer_line(opt: ml_collections.ConfigDict) -> str:

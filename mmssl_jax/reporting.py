@@ -191,3 +191,46 @@ def write_curves(history: list[tuple[int, dict[str, float]]], path: Path) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def robustness_curves(metrics: Mapping[str, float]) -> dict[str, dict[str, dict[str, dict[float, float]]]]:
+    """``eval/<dataset>/robustness/<corruption>/<metric>@<rate>`` keys (``eval.robustness``) as
+    ``{dataset: {corruption: {metric: {rate: value}}}}``."""
+    out: dict[str, dict[str, dict[str, dict[float, float]]]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 5 and parts[0] == "eval" and parts[2] == "robustness" and "@" in parts[4]:
+            metric, _, rate = parts[4].rpartition("@")  # metric names may hold "@" (i2t_r@1)
+            out.setdefault(parts[1], {}).setdefault(parts[3], {}).setdefault(metric, {})[float(rate)] = float(value)
+    return out
+
+
+def write_robustness_curves(metrics: Mapping[str, float], path: Path) -> bool:
+    """``robustness.png``: each metric against the corruption rate, one panel per dataset and
+    corruption, the relative robustness in the legend (process 0). Returns whether it wrote one."""
+    curves = robustness_curves(metrics)
+    if not curves or jax.process_index() != 0:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(prefix, mode, by_metric) for prefix, by_mode in sorted(curves.items())
+              for mode, by_metric in sorted(by_mode.items())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.2), squeeze=False)
+    for ax, (prefix, mode, by_metric) in zip(axes[0], panels):
+        for metric, points in sorted(by_metric.items()):
+            rates = sorted(points)
+            relative = metrics.get(f"eval/{prefix}/robustness/{mode}/{metric}/relative")
+            label = metric if relative is None else f"{metric} ({relative:.2f})"
+            ax.plot(rates, [points[r] for r in rates], marker="o", markersize=3, label=label)
+        ax.set_title(f"{prefix}: {mode}", fontsize=9)
+        ax.set_xlabel("corruption rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

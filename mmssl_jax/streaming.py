@@ -13,7 +13,9 @@ against every column of the global batch; SigLIP needs the sum of a sigmoid term
   backward pass recomputes each tile's logits and softmax from them;
 * with an ``axis_name`` (inside ``shard_map`` / ``pmap``) the column blocks travel around the
   device ring by ``ppermute`` instead of one ``all_gather``, together with the state that belongs
-  to them (the per-column log-sum-exp, the column gradients), and come home after a full circle.
+  to them (the per-column log-sum-exp, the column gradients), and come home after a full circle;
+* optional row and column masks (the losses' ``where=``) leave masked samples out of every tile;
+  a column block's mask travels the ring with it.
 
 Everything here works on already-normalized float32 embeddings; ``mmssl_jax.losses`` is the
 public interface.
@@ -106,13 +108,15 @@ def _sweep(plan: _Plan, n: int, m: int, tile, stationary: dict, travelling: dict
     return lax.fori_loop(0, devices, step, (stationary, travelling))
 
 
-def _masks(plan: _Plan, n: int, m: int, r0, c0, source) -> tuple[Array, Array]:
-    """(valid, diagonal) for the tile at (r0, c0): real rows x real columns, and row == column."""
+def _masks(plan: _Plan, n: int, m: int, r0, c0, source, row_mask, col_mask) -> tuple[Array, Array]:
+    """(valid, diagonal) for the tile at (r0, c0): real rows x real columns that their masks keep
+    (``row_mask``: the padded local rows' mask; ``col_mask``: the column block's), and row == column."""
     rc, _ = _tiles(n, plan.chunk)
     cc, _ = _tiles(m, plan.chunk)
     row = r0 + jnp.arange(rc)
     col = c0 + jnp.arange(cc)
     valid = (row < n)[:, None] & (col < m)[None, :]
+    valid = valid & _slice(row_mask, r0, rc)[:, None] & _slice(col_mask, c0, cc)[None, :]
     index = sharding.axis_index_and_size(plan.axis_name if plan.ring else None)[0]
     diagonal = (row[:, None] == col[None, :]) & (source == index)
     return valid, diagonal
@@ -127,16 +131,16 @@ def _online_update(old_max: Array, old_sum: Array, logits: Array, axis: int) -> 
     return new_max, new_sum
 
 
-def _forward(plan: _Plan, rows: Array, cols: Array, scale: Array, bias: Array):
+def _forward(plan: _Plan, rows: Array, cols: Array, scale: Array, bias: Array, row_mask: Array, col_mask: Array):
     n, m = rows.shape[0], cols.shape[0]
     rc, nr = _tiles(n, plan.chunk)
     cc, nc = _tiles(m, plan.chunk)
-    padded_rows = _pad(rows, rc * nr)
+    padded_rows, padded_mask = _pad(rows, rc * nr), _pad(row_mask, rc * nr)
     vary = functools.partial(sharding.vary_like, like=rows)
 
     def tile(stationary, travelling, r0, c0, source):
         dots = _similarity(_slice(padded_rows, r0, rc), _slice(travelling["cols"], c0, cc))
-        valid, diagonal = _masks(plan, n, m, r0, c0, source)
+        valid, diagonal = _masks(plan, n, m, r0, c0, source, padded_mask, travelling["mask"])
         if plan.kind == "sigmoid":
             labels = jnp.where(diagonal, 1.0, -1.0)
             terms = -jax.nn.log_sigmoid(labels * (scale * dots + bias))
@@ -150,12 +154,12 @@ def _forward(plan: _Plan, rows: Array, cols: Array, scale: Array, bias: Array):
         if plan.col_lse:
             col_max, col_sum = _online_update(
                 _slice(travelling["max"], c0, cc), _slice(travelling["sum"], c0, cc), logits, axis=0)
-            travelling = {"cols": travelling["cols"],
+            travelling = {**travelling,
                           "max": lax.dynamic_update_slice_in_dim(travelling["max"], col_max, c0, 0),
                           "sum": lax.dynamic_update_slice_in_dim(travelling["sum"], col_sum, c0, 0)}
         return stationary, travelling
 
-    travelling = {"cols": _pad(cols, cc * nc)}
+    travelling = {"cols": _pad(cols, cc * nc), "mask": _pad(col_mask, cc * nc)}
     if plan.kind == "sigmoid":
         stationary, _ = _sweep(plan, n, m, tile, {"total": vary(jnp.zeros((), jnp.float32))}, travelling)
         return (stationary["total"],)
@@ -170,11 +174,11 @@ def _forward(plan: _Plan, rows: Array, cols: Array, scale: Array, bias: Array):
     return row_lse, (travelling["max"] + jnp.log(travelling["sum"]))[:m]
 
 
-def _backward(plan: _Plan, rows, cols, scale, bias, outputs, cotangents):
+def _backward(plan: _Plan, rows, cols, scale, bias, row_mask, col_mask, outputs, cotangents):
     n, m = rows.shape[0], cols.shape[0]
     rc, nr = _tiles(n, plan.chunk)
     cc, nc = _tiles(m, plan.chunk)
-    padded_rows = _pad(rows, rc * nr)
+    padded_rows, padded_mask = _pad(rows, rc * nr), _pad(row_mask, rc * nr)
     vary = functools.partial(sharding.vary_like, like=rows)
     if plan.kind == "softmax":  # padded lines get lse 0 and cotangent 0: they add nothing
         row_lse, row_g = _pad(outputs[0], rc * nr), _pad(cotangents[0], rc * nr)
@@ -183,7 +187,7 @@ def _backward(plan: _Plan, rows, cols, scale, bias, outputs, cotangents):
         block_rows = _slice(padded_rows, r0, rc)
         block_cols = _slice(travelling["cols"], c0, cc)
         dots = _similarity(block_rows, block_cols)
-        valid, diagonal = _masks(plan, n, m, r0, c0, source)
+        valid, diagonal = _masks(plan, n, m, r0, c0, source, padded_mask, travelling["mask"])
         if plan.kind == "sigmoid":  # d/dz -log sigmoid(y z) = -y sigmoid(-y z)
             labels = jnp.where(diagonal, 1.0, -1.0)
             weights = jnp.where(valid, -labels * jax.nn.sigmoid(-labels * (scale * dots + bias)), 0.0)
@@ -206,7 +210,7 @@ def _backward(plan: _Plan, rows, cols, scale, bias, outputs, cotangents):
         return stationary, {**travelling, "d_cols": _add_at(travelling["d_cols"], c0, d_cols)}
 
     zeros = lambda *shape: vary(jnp.zeros(shape, jnp.float32))  # noqa: E731
-    travelling = {"cols": _pad(cols, cc * nc), "d_cols": zeros(cc * nc, cols.shape[1])}
+    travelling = {"cols": _pad(cols, cc * nc), "mask": _pad(col_mask, cc * nc), "d_cols": zeros(cc * nc, cols.shape[1])}
     if plan.col_lse:
         travelling.update(lse=_pad(outputs[1], cc * nc), g=_pad(cotangents[1], cc * nc))
     stationary = {"rows": zeros(rc * nr, rows.shape[1]), "scale": zeros(), "bias": zeros()}
@@ -216,19 +220,19 @@ def _backward(plan: _Plan, rows, cols, scale, bias, outputs, cotangents):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _blockwise(plan: _Plan, rows: Array, cols: Array, scale: Array, bias: Array):
-    return _forward(plan, rows, cols, scale, bias)
+def _blockwise(plan: _Plan, rows: Array, cols: Array, scale: Array, bias: Array, row_mask: Array, col_mask: Array):
+    return _forward(plan, rows, cols, scale, bias, row_mask, col_mask)
 
 
-def _blockwise_fwd(plan, rows, cols, scale, bias):
-    outputs = _forward(plan, rows, cols, scale, bias)
-    return outputs, (rows, cols, scale, bias, outputs)
+def _blockwise_fwd(plan, rows, cols, scale, bias, row_mask, col_mask):
+    outputs = _forward(plan, rows, cols, scale, bias, row_mask, col_mask)
+    return outputs, (rows, cols, scale, bias, row_mask, col_mask, outputs)
 
 
 def _blockwise_bwd(plan, residuals, cotangents):
-    rows, cols, scale, bias, outputs = residuals
-    d_rows, d_cols, d_scale, d_bias = _backward(plan, rows, cols, scale, bias, outputs, cotangents)
-    return d_rows, d_cols, sharding.vary_like(d_scale, scale), sharding.vary_like(d_bias, bias)
+    rows, cols, scale, bias, row_mask, col_mask, outputs = residuals
+    d_rows, d_cols, d_scale, d_bias = _backward(plan, rows, cols, scale, bias, row_mask, col_mask, outputs, cotangents)
+    return d_rows, d_cols, sharding.vary_like(d_scale, scale), sharding.vary_like(d_bias, bias), None, None
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
@@ -236,7 +240,8 @@ _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 def softmax_lse(
     rows: Array, cols: Array, scale, *, chunk_size: int, axis_name: str | None, ring: bool = True,
-    exclude_diagonal: bool = False, col_lse: bool = False,
+    exclude_diagonal: bool = False, col_lse: bool = False, row_mask: Array | None = None,
+    col_mask: Array | None = None,
 ) -> tuple[Array, Array]:
     """Per-row (and per-column) log-sum-exp of ``scale * rows @ all_cols.T``, streamed.
 
@@ -250,34 +255,41 @@ def softmax_lse(
       ring: whether ``cols`` is split over ``axis_name`` like the rows (False: a shared queue).
       exclude_diagonal: leave out column ``r`` of this device's block for local row ``r``.
       col_lse: also return each local column's log-sum-exp over the rows of every device.
+      row_mask, col_mask: optional bool ``[n]`` / ``[m]``: only kept rows meet only kept columns
+        (a column block travels with its mask); a masked-out line's log-sum-exp is ``-inf``.
 
     Returns:
       ``(row_lse [n], col_lse [m])``; ``col_lse`` is zeros unless asked for.
     """
     plan = _Plan("softmax", int(chunk_size), axis_name, ring, exclude_diagonal, col_lse)
-    return _blockwise(plan, *_prepare(rows, cols, scale, 0.0))
+    return _blockwise(plan, *_prepare(rows, cols, scale, 0.0, row_mask, col_mask))
 
 
-def sigmoid_sum(rows: Array, cols: Array, scale, bias, *, chunk_size: int, axis_name: str | None) -> Array:
+def sigmoid_sum(rows: Array, cols: Array, scale, bias, *, chunk_size: int, axis_name: str | None,
+                row_mask: Array | None = None, col_mask: Array | None = None) -> Array:
     """``sum_ij -log_sigmoid(y_ij (scale * rows_i . cols_j + bias))`` over local rows and ring columns.
 
     ``y_ij`` is +1 where row and column are the same sample (same device, same position), -1
-    elsewhere; shapes and arguments as :func:`softmax_lse`. Returns a float32 scalar, this
-    device's share of the SigLIP sum.
+    elsewhere; pairs whose row or column is masked out add nothing. Shapes and arguments as
+    :func:`softmax_lse`. Returns a float32 scalar, this device's share of the SigLIP sum.
     """
     plan = _Plan("sigmoid", int(chunk_size), axis_name, True)
-    return _blockwise(plan, *_prepare(rows, cols, scale, bias))[0]
+    return _blockwise(plan, *_prepare(rows, cols, scale, bias, row_mask, col_mask))[0]
 
 
-def _prepare(rows, cols, scale, bias) -> tuple[Array, Array, Array, Array]:
+def _prepare(rows, cols, scale, bias, row_mask, col_mask) -> tuple[Array, ...]:
     rows = jnp.asarray(rows, jnp.float32)
     # Everything that meets the local rows is typed like them under shard_map; a replicated
     # input (the scale, a shared queue) gets its gradient summed over devices by the cast.
     cols, scale, bias = (sharding.vary_like(jnp.asarray(x, jnp.float32), rows) for x in (cols, scale, bias))
-    return rows, cols, jnp.reshape(scale, ()), jnp.reshape(bias, ())
+    masks = (jnp.ones((x.shape[0],), bool) if mask is None else jnp.asarray(mask, bool)
+             for mask, x in ((row_mask, rows), (col_mask, cols)))
+    row_mask, col_mask = (sharding.vary_like(mask, rows) for mask in masks)
+    return rows, cols, jnp.reshape(scale, ()), jnp.reshape(bias, ()), row_mask, col_mask
 
 
-def positive_pair_hits(query: Array, key: Array, *, chunk_size: int, axis_name: str | None) -> Array:
+def positive_pair_hits(query: Array, key: Array, *, chunk_size: int, axis_name: str | None,
+                       where: Array | None = None) -> Array:
     """How many local rows of ``query`` find their own ``key`` row first among every key: streamed.
 
     The count behind ``losses.positive_pair_accuracy`` (``argmax`` of the cosine similarities
@@ -290,9 +302,11 @@ def positive_pair_hits(query: Array, key: Array, *, chunk_size: int, axis_name: 
       query, key: this device's ``[n, dim]`` paired embeddings (any float dtype; normalized here).
       chunk_size: tile edge.
       axis_name: the mapped axis inside ``shard_map``/``pmap``, or ``None``.
+      where: optional bool ``[n]``: only valid queries are scored, among valid keys (the mask
+        travels the ring with its keys), as ``positive_pair_accuracy(where=)``.
 
     Returns:
-      float32 scalar: this device's count of hits (``global_sum`` it for the global count).
+      float32 scalar: this device's count of hits among its valid rows (``global_sum`` it).
     """
     check_chunk_size("positive_pair_hits", chunk_size)
     rows, cols = (lax.stop_gradient(x.astype(jnp.float32)) for x in (query, key))
@@ -301,12 +315,13 @@ def positive_pair_hits(query: Array, key: Array, *, chunk_size: int, axis_name: 
     n, m = rows.shape[0], cols.shape[0]
     rc, nr = _tiles(n, plan.chunk)
     cc, nc = _tiles(m, plan.chunk)
-    padded_rows = _pad(rows, rc * nr)
+    mask = sharding.vary_like(jnp.ones((n,), bool) if where is None else jnp.asarray(where, bool), rows)
+    padded_rows, padded_mask = _pad(rows, rc * nr), _pad(mask, rc * nr)
     index = sharding.axis_index_and_size(axis_name)[0]
 
     def tile(stationary, travelling, r0, c0, source):
         dots = _similarity(_slice(padded_rows, r0, rc), _slice(travelling["cols"], c0, cc))
-        valid, _ = _masks(plan, n, m, r0, c0, source)
+        valid, _ = _masks(plan, n, m, r0, c0, source, padded_mask, travelling["mask"])
         row = (index * n + r0 + jnp.arange(rc))[:, None]  # global sample indices
         col = (source * m + c0 + jnp.arange(cc))[None, :]
         best = lambda where: jnp.max(jnp.where(valid & where, dots, -jnp.inf), axis=1)  # noqa: E731
@@ -321,7 +336,8 @@ def positive_pair_hits(query: Array, key: Array, *, chunk_size: int, axis_name: 
     lines = {"before": vary(jnp.full((rc * nr,), -jnp.inf, jnp.float32)),
              "after": vary(jnp.full((rc * nr,), -jnp.inf, jnp.float32)),
              "own": vary(jnp.zeros((rc * nr,), jnp.float32))}
-    stationary, _ = _sweep(plan, n, m, tile, lines, {"cols": _pad(sharding.vary_like(cols, rows), cc * nc)})
+    travelling = {"cols": _pad(sharding.vary_like(cols, rows), cc * nc), "mask": _pad(mask, cc * nc)}
+    stationary, _ = _sweep(plan, n, m, tile, lines, travelling)
     # argmax picks the first maximum: the own key must beat every earlier key and tie no later one
-    hit = (stationary["own"] > stationary["before"]) & (stationary["own"] >= stationary["after"])
+    hit = (stationary["own"] > stationary["before"]) & (stationary["own"] >= stationary["after"]) & padded_mask
     return jnp.sum(hit[:n].astype(jnp.float32))

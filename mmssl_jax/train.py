@@ -117,11 +117,13 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config, m
     compute_dtype = jnp.dtype(config.get("dtype", "float32"))
     max_logit_scale = config.get("max_logit_scale", math.inf)
     dropout = dict(config.get("modality_dropout", {}))
+    text_views = inputs.text_views(config)
+    partial = inputs.partially_paired(config)
     scalar_names = tuple(dict(config.get("learned_scalars", {})))
     if chunk_size:
         objective = objectives.ring_method_loss(terms, chunk_size=chunk_size, mesh=mesh)
     else:  # jit on the global arrays: XLA partitions the loss (it gathers the embeddings)
-        objective = lambda z, scalars, queue: objectives.method_loss(z, scalars, terms, queue)  # noqa: E731
+        objective = lambda z, scalars, queue, where: objectives.method_loss(z, scalars, terms, queue, where)  # noqa: E731
 
     def forward(params, batch_stats, batch, views, predict):
         out, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch, train=True,
@@ -131,9 +133,17 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config, m
     def step(state: TrainState, batch: Mapping[str, jax.Array]):
         key = jax.random.fold_in(state.rng, state.step)
         batch = pipeline.device_augment(batch, key, image_views)
+        where = None
+        if partial:  # some samples have no caption: the image-text terms leave them out
+            has_text = batch.pop("has_text", None)
+            if dropout.get("text", 0.0) > 0:  # a caption dropped for this step
+                kept = jax.random.bernoulli(jax.random.fold_in(key, 20_000), 1.0 - dropout["text"],
+                                            batch[text_views[0]].shape[:1])
+                has_text = kept if has_text is None else has_text & kept
+            where = {view: has_text for view in text_views}
         for i, (view, spec) in enumerate(sorted(config.views.items())):
             rate = dropout.get(spec.modality, 0.0)
-            if rate > 0:  # robustness to a missing modality: zero this view for some samples
+            if rate > 0 and spec.modality != "text":  # a missing input: zero this view for some samples
                 batch[view] = augment.drop_modality(batch[view], jax.random.fold_in(key, 10_000 + i), rate)
         batch = {k: (v.astype(compute_dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in batch.items()}
 
@@ -145,7 +155,7 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config, m
         def loss_fn(params):
             online, new_stats = forward(params, state.batch_stats, batch, online_views, True)
             z = objectives.side_embeddings(online, target)
-            loss, metrics = objective(z, online["scalars"], state.queue)
+            loss, metrics = objective(z, online["scalars"], state.queue, where)
             return loss, (metrics, new_stats)
 
         if exact:  # GradCache: the loss over every micro-batch's embeddings, one micro-batch's activations live
@@ -154,7 +164,7 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config, m
                 return objectives.side_embeddings(online, None), stats
 
             def loss_of_embeddings(params, z):
-                return objective(z, {name: params[name] for name in scalar_names}, state.queue)
+                return objective(z, {name: params[name] for name in scalar_names}, state.queue, where)
 
             (loss, metrics), grads, new_stats = gradcache.value_and_grad_with_state(
                 embed, loss_of_embeddings, state.params, batch, state.batch_stats, micro_batches=micro_batches,
@@ -186,6 +196,8 @@ def make_train_step(model: MultiViewModel, optimizer: optim.Optimizer, config, m
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         # A non-finite step changes nothing: the loop stops on it with the last good state.
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        if where is not None:  # the share of this batch's samples the image-text terms trained on
+            metrics["input/caption_fraction"] = jnp.mean(where[text_views[0]].astype(jnp.float32))
         metrics.update(
             grad_norm=grad_norm,
             param_norm=optax.global_norm(state.params),
@@ -326,6 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
             if evaluator is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
                 eval_metrics = evaluator.run(state.params, state.batch_stats)
                 reporting.write_eval_metrics(workdir, step, eval_metrics, writer)
+                reporting.write_robustness_curves(eval_metrics, workdir / "robustness.png")
                 row.update(eval_metrics)
                 if jax.process_index() == 0:
                     print(reporting.format_eval_summary(f"Step {step} evaluation", eval_metrics), flush=True)

@@ -9,7 +9,8 @@ from mmssl_jax import evaluation
 from mmssl_jax.config_base import ConfigError
 from mmssl_jax.data import inputs
 from mmssl_jax.models import build_model
-from mmssl_jax.objectives import CONTRASTIVE, LOSS_FNS, parse_side
+from mmssl_jax.data import pipeline
+from mmssl_jax.objectives import CONTRASTIVE, LOSS_FNS, MASKABLE, parse_side
 
 
 _REQUIRED = ("seed", "input.batch_size", "input.image_size", "views", "encoders", "heads", "loss_terms",
@@ -101,6 +102,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.modality_dropout.{modality}: no view has that modality; modalities: {sorted(modalities)}")
         if not 0.0 <= float(rate) < 1.0:
             raise ConfigError(f"config.modality_dropout.{modality}={rate} must be in [0, 1)")
+    _check_partial_pairing(config, views)
     ec = config.get("eval")
     if ec is not None:
         unknown = sorted(set(ec.protocols) - set(evaluation.PROTOCOLS))
@@ -110,6 +112,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.eval.protocols {list(ec.protocols)}: zero_shot and retrieval need a text view")
         if ec.every < 0:
             raise ConfigError(f"config.eval.every must be >= 0, got {ec.every}")
+        _check_robustness(ec, modalities)
     try:
         inputs.augment_configs(config)
         build_model(config)
@@ -141,3 +144,52 @@ def _check_chunk_size(config: ml_collections.ConfigDict) -> None:
             f"config.loss.chunk_size={chunk} streams the contrastive terms ({', '.join(sorted(CONTRASTIVE))}), "
             f"but this method's loss terms are {losses}: their memory does not grow with the batch "
             "squared; set config.loss.chunk_size=0")
+
+
+def _check_partial_pairing(config: ml_collections.ConfigDict, views: dict) -> None:
+    """Caption-less samples need a text view and, on every term reading it, a loss that takes a mask."""
+    fraction = config.input.get("caption_fraction", 1.0)
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"config.input.caption_fraction={fraction} must be in [0, 1]")
+    missing = config.input.get("missing_captions", "skip")
+    if missing not in pipeline.MISSING_CAPTIONS:
+        raise ConfigError(f"config.input.missing_captions={missing!r} must be one of {pipeline.MISSING_CAPTIONS}")
+    text = {name for name, view in views.items() if view.modality == "text"}
+    if (fraction < 1.0 or missing == "mask") and not text:
+        raise ConfigError("config.input.caption_fraction < 1 / missing_captions='mask' hide captions, but no view "
+                          "is a text view")
+    if not inputs.partially_paired(config):
+        return
+    for i, term in enumerate(config.loss_terms):
+        read = {parse_side(term[side])[0] for side in ("a", "b")}
+        if read & text and term["loss"] not in MASKABLE:
+            raise ConfigError(
+                f"config.loss_terms[{i}]: {term['loss']} on a text view, but some samples have no caption "
+                f"(input.caption_fraction, input.missing_captions or modality_dropout.text) and {term['loss']} "
+                f"takes no per-sample mask; use one of {sorted(MASKABLE)}")
+
+
+def _check_robustness(ec: ml_collections.ConfigDict, modalities: set) -> None:
+    """eval.robustness: known corruptions and metrics, valid rates, and data for every curve."""
+    from mmssl_jax.evaluation import robustness
+
+    rc = ec.get("robustness")
+    if rc is None or not rc.corruptions:
+        return
+    unknown = sorted(set(rc.corruptions) - set(robustness.CORRUPTIONS))
+    if unknown:
+        raise ConfigError(f"config.eval.robustness.corruptions: unknown {unknown}; known: {list(robustness.CORRUPTIONS)}")
+    unknown = sorted(set(rc.get("metrics") or ()) - set(robustness.METRICS))
+    if unknown:
+        raise ConfigError(f"config.eval.robustness.metrics: unknown {unknown}; known: {list(robustness.METRICS)}")
+    try:
+        robustness.check_rates(rc.rates)
+    except ValueError as e:
+        raise ConfigError(f"config.eval.robustness.{e}") from e
+    if set(rc.corruptions) & set(robustness.CAPTION_CORRUPTIONS) and "text" not in modalities:
+        raise ConfigError(f"config.eval.robustness.corruptions {list(rc.corruptions)}: caption corruptions need a "
+                          "text view")
+    if set(rc.corruptions) & set(robustness.IMAGE_CORRUPTIONS) and not set(ec.protocols) & {
+            "linear_probe", "knn", "zero_shot", "retrieval"}:
+        raise ConfigError("config.eval.robustness: image corruptions follow the linear_probe, knn, zero_shot or "
+                          "retrieval metrics; add one to config.eval.protocols")

@@ -251,6 +251,8 @@ def clip_run(data_dir, tmp_path_factory):
     config.eval.protocols = ("linear_probe", "knn", "zero_shot", "retrieval")
     config.eval.every = 2
     config.eval.ablations = True
+    config.eval.robustness.corruptions = ("caption_missing", "caption_swapped", "image_noise")
+    config.eval.robustness.rates = (0.0, 0.5, 1.0)
     config.eval.probe_iters = 30
     config.eval.classification.max_train = 96
     workdir = tmp_path_factory.mktemp("clip_run")
@@ -280,6 +282,29 @@ def test_training_evaluates_every_protocol_and_the_ablations(clip_run):
 
 
 @pytest.mark.xdist_group("trained_checkpoint")
+def test_training_evaluates_robustness_curves(clip_run):
+    """eval.robustness: every metric at each rate, the scores, and robustness.png; a curve's clean
+    point is the clean evaluation's value (the same probe, neighbours and retrieval)."""
+    workdir, _ = clip_run
+    metrics = {k.removeprefix("eval/mmssl_shapes/"): v
+               for k, v in json.loads((workdir / "eval_summary.json").read_text())["3"].items()}
+    curve = lambda mode, metric: [metrics[f"robustness/{mode}/{metric}@{r}"] for r in ("0", "0.5", "1")]  # noqa: E731
+    for mode in ("caption_missing", "caption_swapped"):
+        for metric in ("i2t_r@1", "i2t_r@5", "t2i_r@1", "t2i_r@5", "fused_probe_top1", "fused_knn20_top1"):
+            assert all(0.0 <= v <= 1.0 for v in curve(mode, metric)), (mode, metric)
+            assert metrics[f"robustness/{mode}/{metric}/relative"] == pytest.approx(
+                evaluation.relative_robustness((0, 0.5, 1), curve(mode, metric)))
+    assert curve("caption_missing", "i2t_r@1")[0] == metrics["retrieval/i2t_r@1"]
+    assert curve("caption_missing", "i2t_r@1")[2] == 0.0  # every caption gone: nothing is found
+    for metric, clean in (("i2t_r@1", "retrieval/i2t_r@1"), ("probe_top1", "linear_probe/top1"),
+                          ("knn20_top1", "knn/k20_top1"), ("zero_shot_top1", "zero_shot/top1")):
+        assert curve("image_noise", metric)[0] == metrics[clean], metric
+        assert metrics[f"robustness/image_noise/{metric}/effective"] == pytest.approx(
+            sum(v - curve("image_noise", metric)[0] for v in curve("image_noise", metric)))
+    assert (workdir / "robustness.png").stat().st_size > 10_000
+
+
+@pytest.mark.xdist_group("trained_checkpoint")
 def test_a_checkpoint_evaluates_on_its_own(clip_run, data_dir, tmp_path):
     from tests.test_train import load_config
 
@@ -288,10 +313,19 @@ def test_a_checkpoint_evaluates_on_its_own(clip_run, data_dir, tmp_path):
     config.checkpoint_dir = str(workdir)
     config.eval.protocols = ("knn",)
     config.eval.classification.max_train = 96
+    config.eval.robustness.corruptions = ("image_noise",)
+    config.eval.robustness.rates = (0.0, 0.5, 1.0)
+    config.eval.robustness.baseline = str(workdir)  # effective robustness against the training run's curves
     metrics = evaluation.evaluate_checkpoint(config, tmp_path)
     # The same parameters and data as the in-training evaluation of the last step.
     assert metrics["eval/mmssl_shapes/knn/k20_top1"] == summary["eval/mmssl_shapes/knn/k20_top1"]
     assert "3" in json.loads((tmp_path / "eval_summary.json").read_text())
+    key = "eval/mmssl_shapes/robustness/image_noise/knn20_top1"
+    assert [metrics[f"{key}@{r}"] for r in ("0", "0.5", "1")] == [summary[f"{key}@{r}"] for r in ("0", "0.5", "1")]
+    assert metrics[f"{key}/effective"] == 0.0 and (tmp_path / "robustness.png").exists()
+    config.eval.robustness.rates = (0.0, 0.25)
+    with pytest.raises(ValueError, match=r"baseline has no eval/mmssl_shapes/robustness/image_noise/knn20_top1 at rates \[0.25\]"):
+        evaluation.evaluate_checkpoint(config, tmp_path)
 
 
 @pytest.mark.xdist_group("trained_checkpoint")

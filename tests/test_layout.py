@@ -20,7 +20,7 @@ PACKAGE = ROOT / "mmssl_jax"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("tf_compat", "config_base", "launch"),
     ("sharding",),
-    ("streaming",),
+    ("streaming", "loss_inputs"),
     ("losses", "reporting", "gradcache"),
     ("models",),
     ("text",),

@@ -138,3 +138,28 @@ def test_ema_momentum_schedules():
     assert [float(m(k)) for k in (0, 5, 10)] == pytest.approx([0.996, 0.998, 1.0])
     config.ema = cb.ema_config(0.99)
     assert float(optim.ema_momentum(config, plan)(7)) == pytest.approx(0.99)
+
+
+def test_a_learned_scalar_under_lars_needs_its_own_rate():
+    """LARS gives a rank-0 parameter no trust ratio: a learned temperature in the default group
+    would move by the full learning rate each update (it went 0.07 -> 0.74 in 60 updates in the
+    shipped BERTSimCLR), so the config must give it a rate; with a group, its updates are that
+    group's multiplier times the default's."""
+    params = dict(PARAMS, logit_scale=jnp.asarray(2.0))
+    config = small_config("lars", weight_decay=1e-6)
+    cb.set_warmup(config)  # no warmup: the first update is at the peak rate
+    config.learned_scalars = {"logit_scale": 2.0}
+    plan = optim.plan_run(config, 80)
+    with pytest.raises(ConfigError, match=r"learned_scalars.logit_scale would train under LARS at the full"):
+        optim.make_optimizer(config, params, plan)
+    config.optimizer.groups = {"scalars": cb.param_group("^logit_scale$", lr_multiplier=0.01)}
+    opt = optim.make_optimizer(config, params, plan)
+    assert opt.labels["logit_scale"] == "scalars"
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = opt.tx.update(grads, opt.tx.init(params), params)
+    bias_update = float(updates["encoders_image"]["bn"]["bias"][0])  # rank 1: no trust ratio either
+    assert float(updates["logit_scale"]) == pytest.approx(0.01 * bias_update, rel=1e-6)
+    assert bias_update != 0
+    config.optimizer.name = "adamw"  # adaptive per parameter: no refusal
+    config.optimizer.groups = {}
+    optim.make_optimizer(config, params, plan)

@@ -221,3 +221,49 @@ def test_worker_processes_give_a_deterministic_stream():
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["image1"], y["image1"])
         np.testing.assert_array_equal(x["image_id"], y["image_id"])
+
+
+# ----------------------------------------------------------------------------- partially paired
+
+
+def test_caption_fraction_hides_a_seeded_fixed_set_of_images():
+    """``caption_fraction``: each image keeps its captions or not once and for all (the same in
+    every epoch, on every process, after a resume), roughly the fraction of them; a caption-less
+    image's text view is zeros and ``has_text`` says which."""
+    records = make_records(n=200, captions=2)
+    kept = np.array([pipeline.caption_kept(i, 0.3, seed=7) for i in range(200)])
+    assert 0.2 < kept.mean() < 0.4 and kept.tolist() != [pipeline.caption_kept(i, 0.3, seed=8) for i in range(200)]
+    make = lambda **kw: pipeline.train_dataset(  # noqa: E731
+        records, batch_size=40, seed=7, image_views={}, text_views=("text",), keep=("image_id",),
+        caption_fraction=0.3, **kw)
+    seen = {}
+    for batch in batches(make(), 15):  # three epochs
+        ids = batch["image_id"]
+        np.testing.assert_array_equal(batch["has_text"], kept[ids])
+        assert not batch["text"][~batch["has_text"]].any()
+        np.testing.assert_array_equal(np.floor(batch["text"][batch["has_text"], 0] + 1e-3), ids[batch["has_text"]])
+        seen.update(zip(ids.tolist(), batch["has_text"].tolist()))
+    assert len(seen) == 200
+    halves = [batches(make(process_index=p, process_count=2), 2) for p in range(2)]
+    for step, whole in enumerate(batches(make(), 2)):
+        np.testing.assert_array_equal(np.concatenate([h[step]["has_text"] for h in halves]), whole["has_text"])
+    # Without a text view, or with every caption kept, nothing changes and no mask is made.
+    assert "has_text" not in batches(pipeline.train_dataset(records, batch_size=40, seed=7, image_views={},
+                                                            text_views=("text",)), 1)[0]
+
+
+def test_images_stored_without_captions_are_skipped_or_masked():
+    records = make_records(n=16)
+    for i in (2, 9):
+        records[i]["caption_embeddings"] = np.zeros((0, DIM), np.float16)
+    make = lambda mode: pipeline.train_dataset(  # noqa: E731
+        records, batch_size=8, seed=0, image_views={}, text_views=("text",), keep=("image_id",),
+        missing_captions=mode, num_epochs=1)
+    skipped = [int(i) for b in make("skip") for i in b["image_id"]]
+    assert 2 not in skipped and 9 not in skipped
+    masked = {int(i): bool(t) for b in make("mask") for i, t in zip(b["image_id"], b["has_text"])}
+    assert len(masked) == 16 and [i for i, t in masked.items() if not t] == sorted([2, 9], key=list(masked).index)
+    with pytest.raises(ValueError, match="missing_captions must be one of"):
+        make("drop")
+    with pytest.raises(ValueError, match=r"caption_fraction must be in \[0, 1\], got 1.5"):
+        pipeline.train_dataset(records, batch_size=8, seed=0, image_views={}, text_views=("text",), caption_fraction=1.5)

@@ -467,9 +467,12 @@ def test_ring_objective_equals_the_global_objective(method):
     z = {side: jax.numpy.asarray(base + 0.8 * rng.normal(size=(48, 8)), jax.numpy.float32) for side in sides}
     scalars = {"logit_scale": jax.numpy.float32(2.0), "logit_bias": jax.numpy.float32(-1.0)}
     queue = jax.numpy.asarray(rng.normal(size=(40, 8)), jax.numpy.float32)
+    # BERTSimCLR partially paired: a third of the samples have no caption (the image-text terms' where=)
+    where = {"text": jax.numpy.asarray(rng.random(48) < 0.67)} if method == "bert_simclr" else None
     ring = objectives.ring_method_loss(terms, chunk_size=5, mesh=sharding.make_mesh())
-    want = jax.jit(jax.value_and_grad(lambda z, s: objectives.method_loss(z, s, terms, queue), (0, 1), has_aux=True))
-    got = jax.jit(jax.value_and_grad(lambda z, s: ring(z, s, queue), (0, 1), has_aux=True))
+    want = jax.jit(jax.value_and_grad(lambda z, s: objectives.method_loss(z, s, terms, queue, where), (0, 1),
+                                      has_aux=True))
+    got = jax.jit(jax.value_and_grad(lambda z, s: ring(z, s, queue, where), (0, 1), has_aux=True))
     (w_loss, w_metrics), w_grads = want(z, scalars)
     (g_loss, g_metrics), g_grads = got(z, scalars)
     np.testing.assert_allclose(g_loss, w_loss, rtol=1e-5)
@@ -479,3 +482,54 @@ def test_ring_objective_equals_the_global_objective(method):
     assert any(0.05 < float(v) < 0.95 for k, v in w_metrics.items() if k.startswith("accuracy/"))
     for g, w in zip(jax.tree.leaves(g_grads), jax.tree.leaves(w_grads)):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+# ----------------------------------------------------------------------------- partially paired
+
+
+def test_method_loss_masks_the_terms_that_read_a_partial_view():
+    """DESIGN.md's partially paired image+caption: image terms on every sample, image-text terms
+    (and their accuracy) on the captioned ones, exactly the losses' ``where=``."""
+    from mmssl_jax import losses, objectives
+
+    rng = np.random.default_rng(0)
+    z = {v: rng.normal(size=(12, 8)).astype(np.float32) for v in ("image1", "image2", "text")}
+    has_text = rng.random(12) < 0.5
+    config = load_config("bert_simclr")
+    terms = [dict(t) for t in config.loss_terms]
+    scalars = {"logit_scale": np.float32(2.0)}
+    _, metrics = objectives.method_loss(z, scalars, terms, where={"text": has_text})
+    np.testing.assert_allclose(metrics["loss/nt_xent/image1-image2"], losses.nt_xent(z["image1"], z["image2"], temperature=0.2))
+    for view in ("image1", "image2"):
+        want = losses.clip(z[view][has_text], z["text"][has_text], logit_scale=2.0)
+        np.testing.assert_allclose(metrics[f"loss/clip/{view}-text"], want, rtol=1e-6)
+        np.testing.assert_allclose(metrics[f"accuracy/clip/{view}-text"],
+                                   losses.positive_pair_accuracy(z[view][has_text], z["text"][has_text]))
+    # No caption in the batch: the image-text terms are 0 and give the temperature no gradient.
+    grad = jax.grad(lambda s: objectives.method_loss(z, {"logit_scale": s}, terms, where={"text": np.zeros(12, bool)})[0])
+    assert float(grad(np.float32(2.0))) == 0.0
+    terms.append({"a": "image1", "b": "text", "loss": "barlow_twins", "weight": 1.0, "kwargs": {}})
+    with pytest.raises(ValueError, match="barlow_twins/image1-text reads a partially present view"):
+        objectives.method_loss(z, scalars, terms, where={"text": has_text})
+
+
+def test_partially_paired_training_on_the_embedded_data(data_dir, tmp_path):
+    """BERTSimCLR with 3 of 4 images' captions hidden: the step trains the image-text terms on the
+    batch's captioned images (their logged share is the pipeline's ``has_text``); a loss without
+    a mask on the text view is refused before training."""
+    from mmssl_jax.data import inputs
+
+    config = tiny(load_config("bert_simclr"), data_dir, steps=2)
+    config.input.caption_fraction = 0.25
+    summary = train.train_and_evaluate(config, tmp_path / "quarter")
+    history = json.loads((tmp_path / "quarter" / "history.json").read_text())
+    stream = iter(inputs.make_input(config, inputs.train_source(config), seed=config.seed))
+    shares = [float(np.mean(next(stream)["has_text"])) for _ in history]
+    assert [m["input/caption_fraction"] for _, m in history] == pytest.approx(shares)
+    assert 0 < np.mean(shares) < 0.5 and all(np.isfinite(m["loss"]) for _, m in history)
+    assert summary["loss/clip/image1-text"] > 0 and summary["loss/nt_xent/image1-image2"] > 0
+    card = (tmp_path / "quarter" / "recipe.md").read_text()
+    assert ("| partially paired | 25% of the images keep their captions (seeded, fixed); caption-less samples leave "
+            "clip/image1-text, clip/image2-text |") in card
+
+    config.loss_terms = [dict(t) for t in config.loss_terms] + [cb.term("image1", "text", "vicreg")]
+    with pytest.raises(train.ConfigError, match=r"loss_terms\[3\]: vicreg on a text view, but some samples have no caption"):
+        train.train_and_evaluate(config, tmp_path / "bad")

@@ -494,8 +494,9 @@ def color_augment(images: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.
 def drop_modality(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
     """Training switch: zeroes each sample's input with probability ``rate`` (a missing modality).
 
-    The same zero input is what ``ablate_captions(..., "removed")`` (``mmssl_jax.evaluation``)
-    feeds at evaluation.
+    The trainer zeroes the views of ``config.modality_dropout`` modalities other than text; a
+    dropped caption is masked out of the image-text loss terms instead (``where=``), since a
+    zero caption would still be a positive and a negative there.
     """
     if rate <= 0:
         return x

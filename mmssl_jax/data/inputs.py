@@ -56,4 +56,15 @@ def make_input(config, source, *, seed: int, batch_size: int | None = None):
         text_views=text_views(config),
         caption_mode=config.input.get("caption_mode", "random"),
         worker_count=config.input.get("worker_count", 0),
+        caption_fraction=config.input.get("caption_fraction", 1.0),
+        missing_captions=config.input.get("missing_captions", "skip"),
     )
+
+
+def partially_paired(config) -> bool:
+    """Whether some training samples lack a caption: the step then masks the image-text terms
+    (``input.caption_fraction < 1``, ``input.missing_captions="mask"``, ``modality_dropout.text``)."""
+    if not text_views(config):
+        return False
+    return (config.input.get("caption_fraction", 1.0) < 1.0 or config.input.get("missing_captions", "skip") == "mask"
+            or dict(config.get("modality_dropout", {})).get("text", 0.0) > 0)

@@ -44,6 +44,22 @@ CAPTION_MODES = ("random", "first", "pair")
 time the image is seen (caption augmentation), ``first`` always takes caption 0 (the ablation),
 ``pair`` draws two distinct captions (for a text-text pair)."""
 
+MISSING_CAPTIONS = ("skip", "mask")
+"""What becomes of a record without captions: ``skip`` it (a warning), or ``mask`` it: the sample
+is kept with ``has_text=False`` and zero text views, so its image-only loss terms train on it and
+its image-text terms leave it out (the losses' ``where=`` mask)."""
+
+_CAPTION_SALT = 0x68617374  # keeps the caption draw apart from every other use of the seed
+
+
+def caption_kept(index: int, fraction: float, seed: int) -> bool:
+    """Whether training image ``index`` (its position in the source) keeps its captions when only
+    ``fraction`` of the images may: one draw from ``(seed, index)``, the same in every epoch, on
+    every process and after a resume (``input.caption_fraction``)."""
+    if fraction >= 1.0:
+        return True
+    return bool(np.random.default_rng([seed, index, _CAPTION_SALT]).random() < fraction)
+
 _log = logging.getLogger(__name__)
 
 
@@ -113,6 +129,10 @@ class MakeViews(grain.transforms.RandomMap):
     Output: each image view ``uint8 [size, size, 3]``; each text view ``float32 [dim]``; the
     ``keep`` fields copied through. A record that cannot be used is skipped (``None``, counted
     with a warning), never a crash mid-epoch.
+
+    Partially paired (``caption_fraction < 1`` or ``missing_captions="mask"``): the input is
+    ``(index, record)`` and the sample gains ``has_text`` (``bool``); a caption-less image (hidden
+    by :func:`caption_kept`, or stored without captions) has zero text views.
     """
 
     def __init__(
@@ -121,9 +141,16 @@ class MakeViews(grain.transforms.RandomMap):
         text_views: Sequence[str] = (),
         caption_mode: str = "random",
         keep: Sequence[str] = (),
+        caption_fraction: float = 1.0,
+        missing_captions: str = "skip",
+        caption_seed: int = 0,
     ):
         if caption_mode not in CAPTION_MODES:
             raise ValueError(f"caption_mode must be one of {CAPTION_MODES}, got {caption_mode!r}")
+        if not 0.0 <= caption_fraction <= 1.0:
+            raise ValueError(f"caption_fraction must be in [0, 1], got {caption_fraction}")
+        if missing_captions not in MISSING_CAPTIONS:
+            raise ValueError(f"missing_captions must be one of {MISSING_CAPTIONS}, got {missing_captions!r}")
         if caption_mode == "pair" and len(text_views) != 2:
             raise ValueError(f"caption_mode 'pair' needs two text views, got {list(text_views)}")
         if len(text_views) > 2:
@@ -132,15 +159,18 @@ class MakeViews(grain.transforms.RandomMap):
         self.text_views = tuple(text_views)
         self.caption_mode = caption_mode
         self.keep = tuple(keep)
+        self.caption_fraction, self.missing_captions, self.caption_seed = caption_fraction, missing_captions, caption_seed
+        self.partial = bool(self.text_views) and (caption_fraction < 1.0 or missing_captions == "mask")
 
-    def random_map(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+    def random_map(self, element: Any, rng: np.random.Generator) -> dict[str, Any] | None:
+        index, record = element if self.partial else (None, element)
         try:
-            return self._views(record, rng)
+            return self._views(record, rng, index)
         except BadRecordError as e:
             SKIPPED.skip(record.get("image_id", "?") if isinstance(record, Mapping) else "?", str(e))
             return None
 
-    def _views(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def _views(self, record: Mapping[str, Any], rng: np.random.Generator, index: int | None = None) -> dict[str, Any]:
         sample: dict[str, Any] = {}
         if self.image_views:
             image = decode_image(record["image"])
@@ -150,9 +180,19 @@ class MakeViews(grain.transforms.RandomMap):
             embeddings = np.asarray(record["caption_embeddings"])
             if embeddings.ndim != 2:
                 raise BadRecordError(f"caption_embeddings must be [num_captions, dim], got {embeddings.shape}")
-            picks = pick_captions(embeddings.shape[0], self.caption_mode, len(self.text_views), rng)
-            for name, index in zip(self.text_views, picks):
-                sample[name] = embeddings[index].astype(np.float32)
+            if embeddings.shape[0] == 0 and self.missing_captions != "mask":
+                raise BadRecordError("record has no captions")
+            has_text = embeddings.shape[0] > 0 and (
+                not self.partial or caption_kept(index, self.caption_fraction, self.caption_seed))
+            if has_text:
+                picks = pick_captions(embeddings.shape[0], self.caption_mode, len(self.text_views), rng)
+                for name, pick in zip(self.text_views, picks):
+                    sample[name] = embeddings[pick].astype(np.float32)
+            else:  # a caption-less image: the text terms leave it out, whatever its text views hold
+                for name in self.text_views:
+                    sample[name] = np.zeros(embeddings.shape[1], np.float32)
+            if self.partial:
+                sample["has_text"] = np.asarray(has_text)
         for key in self.keep:
             if key not in record:
                 raise KeyError(f"record has no field {key!r} to keep; it has {sorted(record)}")
@@ -173,6 +213,8 @@ def train_dataset(
     worker_count: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
+    caption_fraction: float = 1.0,
+    missing_captions: str = "skip",
 ) -> grain.IterDataset:
     """This process's rows of the global training stream: shuffled each epoch, augmented, batched.
 
@@ -189,6 +231,11 @@ def train_dataset(
       worker_count: grain worker processes for decoding and cropping (0: in this process).
       process_index, process_count: which rows of each global batch this process reads;
         default from JAX.
+      caption_fraction: the fraction of images that keep their captions (:func:`caption_kept`,
+        seeded by ``seed``); the others are caption-less.
+      missing_captions: one of :data:`MISSING_CAPTIONS`.
+      With text views and ``caption_fraction < 1`` or ``missing_captions="mask"``, every
+      batch holds ``has_text bool [rows]``, the mask of the image-text loss terms.
 
     Returns:
       A ``grain.IterDataset``; ``iter()`` it for a checkpointable iterator of batches
@@ -206,8 +253,11 @@ def train_dataset(
         raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
     if len(source) < batch_size:
         raise ValueError(f"the source has {len(source)} records, fewer than one batch of {batch_size} (the global batch)")
-    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
-    ds = ds.random_map(MakeViews(image_views, text_views, caption_mode, keep))
+    make_views = MakeViews(image_views, text_views, caption_mode, keep, caption_fraction, missing_captions, seed)
+    ds = grain.MapDataset.source(source)
+    if make_views.partial:  # which images keep their captions depends on their place in the source
+        ds = ds.map_with_index(_WithIndex(len(source)))
+    ds = ds.seed(seed).shuffle().repeat(num_epochs).random_map(make_views)
     per_process = batch_size // process_count
     ds = ProcessRows(ds, per_process=per_process, process_index=process_index, process_count=process_count)
     it = ds.to_iter_dataset().batch(per_process, drop_remainder=True)
@@ -219,6 +269,17 @@ def train_dataset(
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it
+
+
+class _WithIndex:
+    """``(index, record) -> (position in the source, record)``: grain hands a later epoch's reads
+    indices past the source's end (it wraps them), so the position is ``index % size``."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, index: int, record: Any) -> tuple[int, Any]:
+        return index % self.size, record
 
 
 class ProcessRows(grain.MapDataset):

@@ -1,7 +1,10 @@
-"""Evaluation of frozen representations: linear probe, kNN, zero-shot, retrieval, modality ablations.
+"""Evaluation of frozen representations: linear probe, kNN, zero-shot, retrieval, modality ablations,
+robustness curves.
 
 - :mod:`~mmssl_jax.evaluation.protocols`: pure functions on feature arrays (no Flax, no config),
   usable from any project like :mod:`mmssl_jax.losses`.
+- :mod:`~mmssl_jax.evaluation.robustness`: corruptions of captions and images, curves along a
+  corruption rate and MultiBench's robustness scores (pure functions too).
 - :mod:`~mmssl_jax.evaluation.features`: a frozen model on the mesh, image sets, prompt embeddings.
 - :mod:`~mmssl_jax.evaluation.evaluators`: config-driven evaluators the trainer runs
   (``run(params, batch_stats) -> metrics``).
@@ -16,19 +19,23 @@ from mmssl_jax.evaluation.checkpoints import (
     MODEL_KEYS, CheckpointMismatchError, evaluate_checkpoint, restore_for_eval,
 )
 from mmssl_jax.evaluation.evaluators import (
-    IMAGE_PROTOCOLS, PROTOCOLS, TEXT_PROTOCOLS, ClassificationEval, Evaluation, RetrievalEval,
+    IMAGE_PROTOCOLS, PROTOCOLS, TEXT_PROTOCOLS, ClassificationEval, Evaluation, RetrievalEval, RobustnessEval,
 )
 from mmssl_jax.evaluation.features import (
     ZERO_SHOT_TEMPLATES, FrozenModel, ImageSet, caption_table, class_embeddings, class_prompt_embeddings,
     model_variables,
 )
 from mmssl_jax.evaluation.protocols import (
-    CAPTION_ABLATIONS, DEFAULT_L2_GRID, ablate_captions, knn_classify, l2_normalize, linear_probe,
-    retrieval_recall, topk_accuracy, zero_shot_classify,
+    CAPTION_ABLATIONS, DEFAULT_L2_GRID, LinearProbe, ablate_captions, fit_linear_probe, knn_classify, l2_normalize,
+    linear_probe, retrieval_recall, topk_accuracy, zero_shot_classify,
+)
+from mmssl_jax.evaluation.robustness import (
+    CORRUPTIONS, caption_curves, corrupt_captions, corrupt_images, effective_robustness, relative_robustness,
 )
 
 __all__ = [
-    "CAPTION_ABLATIONS", "DEFAULT_L2_GRID", "IMAGE_PROTOCOLS", "MODEL_KEYS", "PROTOCOLS", "TEXT_PROTOCOLS",
+    "CAPTION_ABLATIONS", "CORRUPTIONS", "DEFAULT_L2_GRID", "LinearProbe", "RobustnessEval", "caption_curves",
+    "corrupt_captions", "corrupt_images", "effective_robustness", "fit_linear_probe", "relative_robustness", "IMAGE_PROTOCOLS", "MODEL_KEYS", "PROTOCOLS", "TEXT_PROTOCOLS",
     "ZERO_SHOT_TEMPLATES", "CheckpointMismatchError", "ClassificationEval", "Evaluation", "FrozenModel",
     "ImageSet", "RetrievalEval", "ablate_captions", "caption_table", "class_embeddings",
     "class_prompt_embeddings", "evaluate_checkpoint", "knn_classify", "l2_normalize", "linear_probe",

@@ -5,6 +5,8 @@ optimizer state) and caches its inputs (decoded images, caption and prompt embed
 
 - :class:`ClassificationEval`: linear probe, kNN and zero-shot on one labelled dataset.
 - :class:`RetrievalEval`: image-text retrieval on a captioned split, and the caption ablations.
+- :class:`RobustnessEval`: every metric along corruption rates of the captions and the images
+  (``eval.robustness``), with MultiBench's relative and effective robustness.
 - :class:`Evaluation`: every evaluator a config asks for.
 """
 
@@ -24,8 +26,10 @@ from mmssl_jax.evaluation.features import (
     ZERO_SHOT_TEMPLATES, FrozenModel, ImageSet, Subset, caption_table, class_embeddings, class_prompt_embeddings,
     model_variables, stratified_sample,
 )
+from mmssl_jax import reporting
+from mmssl_jax.evaluation import robustness
 from mmssl_jax.evaluation.protocols import (
-    CAPTION_ABLATIONS, DEFAULT_L2_GRID, ablate_captions, knn_classify, l2_normalize, linear_probe,
+    CAPTION_ABLATIONS, DEFAULT_L2_GRID, ablate_captions, fit_linear_probe, knn_classify, l2_normalize, linear_probe,
     retrieval_recall, zero_shot_classify,
 )
 
@@ -128,14 +132,15 @@ class RetrievalEval:
     """Image-text retrieval R@1/5/10 on a captioned split, and the caption ablations."""
 
     def __init__(self, ec: ml_collections.ConfigDict, frozen: FrozenModel, *, image_size: int,
-                 ablations: bool, ablation_label: str | None):
+                 ablations: bool, ablation_label: str | None, keep_label: bool = False):
         if "text" not in frozen.modalities:
             raise ValueError("eval protocol 'retrieval' needs a model with a text branch")
         self.ec, self.frozen, self.ablations = ec, frozen, ablations
         self.prefix = ec.get("name") or dataset_prefix(str(ec.dataset))
         source = _load(ec.dataset, ec.split, ec.data_dir)
         self.captions, self.owners = caption_table(source)
-        self.label_key = ablation_label if ablations and ablation_label in _features_of(source) else None
+        labelled = (ablations or keep_label) and ablation_label in _features_of(source)
+        self.label_key = ablation_label if labelled else None
         self.images = ImageSet(source, image_size=image_size, batch_size=ec.batch_size,
                                center_crop_fraction=ec.center_crop_fraction,
                                keep=(self.label_key,) if self.label_key else (), cache_mb=ec.cache_mb,
@@ -184,6 +189,126 @@ class RetrievalEval:
         return out
 
 
+class RobustnessEval:
+    """Each metric as a function of a corruption rate (``config.eval.robustness``).
+
+    Caption corruptions (on the retrieval split): retrieval R@1/5 both ways and the fused probe
+    and kNN (:func:`~mmssl_jax.evaluation.robustness.caption_curves`). Image corruptions (every
+    test image at severity r): the probe and kNN on ``h`` (fit on the clean training features)
+    and zero-shot on the classification test split, and retrieval against the clean captions.
+    Metrics: ``eval/<dataset>/robustness/<corruption>/<metric>@<rate>``, and per curve
+    ``.../<metric>/relative`` and ``.../<metric>/effective`` (against ``baseline``, another run's
+    ``eval_summary.json``, else the constant clean score).
+    """
+
+    def __init__(self, rc: ml_collections.ConfigDict, frozen: FrozenModel, *, classification: ClassificationEval | None,
+                 retrieval: RetrievalEval | None, probe_iters: int, knn_k: int):
+        self.frozen, self.probe_iters, self.knn_k, self.seed = frozen, probe_iters, knn_k, int(rc.get("seed", 0))
+        self.rates = robustness.check_rates(rc.rates)
+        self.metrics = tuple(rc.get("metrics") or robustness.METRICS)
+        self.caption = [c for c in rc.corruptions if c in robustness.CAPTION_CORRUPTIONS]
+        self.image = [c for c in rc.corruptions if c in robustness.IMAGE_CORRUPTIONS]
+        if self.caption and retrieval is None:
+            raise ValueError(f"eval.robustness {self.caption} need captions: a model with a text branch")
+        self.classification, self.retrieval = classification, retrieval
+        self.baseline = _load_baseline(rc.baseline) if rc.get("baseline") else None
+
+    def run(self, params, batch_stats) -> dict[str, float]:
+        variables = model_variables(params, batch_stats)
+        curves: dict[str, dict[str, dict[str, list[float]]]] = {}  # prefix -> corruption -> metric -> values
+        ret, cls = self.retrieval, self.classification
+        if ret is not None:
+            feats = ret.images.features(self.frozen, variables)
+            texts = lambda c: self.frozen.texts(variables, c)  # noqa: E731
+            if self.caption:
+                labels = feats[ret.label_key] if ret.label_key else None
+                curves[ret.prefix] = robustness.caption_curves(
+                    feats["h"], feats["z"], ret.captions, ret.owners, texts, labels=labels,
+                    corruptions=self.caption, rates=self.rates, metrics=self.metrics, seed=self.seed,
+                    probe_iters=self.probe_iters, knn_k=self.knn_k)
+            if self.image and "retrieval" in self.metrics:
+                text_z = texts(ret.captions)
+                for mode in self.image:
+                    for rate in self.rates:
+                        z = self._corrupted(ret.images, variables, mode, rate)["z"]
+                        for key, value in retrieval_recall(z, text_z, ret.owners, ks=(1, 5)).items():
+                            _append(curves, ret.prefix, mode, key, value)
+        if cls is not None and self.image:
+            self._image_curves(cls, variables, curves)
+        out = {}
+        for prefix, by_mode in curves.items():
+            for mode, by_metric in by_mode.items():
+                for metric, values in by_metric.items():
+                    out.update({f"eval/{prefix}/robustness/{mode}/{metric}@{r:g}": v
+                                for r, v in zip(self.rates, values)})
+            base = None if self.baseline is None else self._baseline_curves(prefix, by_mode)
+            scores = robustness.summary_scores(self.rates, by_mode, base)
+            out.update({f"eval/{prefix}/robustness/{k}": v for k, v in scores.items()})
+        return out
+
+    def _corrupted(self, images: ImageSet, variables, mode: str, rate: float) -> dict[str, np.ndarray]:
+        process = jax.process_index()
+        def corrupt(x, number):
+            return robustness.corrupt_images(x, mode, rate, seed=(self.seed, process, number))
+
+        return images.features(self.frozen, variables, transform=corrupt)
+
+    def _image_curves(self, cls: ClassificationEval, variables, curves) -> None:
+        rep = cls.ec.get("representation", "h")
+        train = cls.train.features(self.frozen, variables) if cls.train is not None else None
+        probe = None
+        if train is not None and "probe" in self.metrics and "linear_probe" in cls.protocols:
+            probe = fit_linear_probe(train[rep], train["label"], num_classes=len(cls.class_names),
+                                     l2_grid=tuple(cls.ec.probe_l2), iters=self.probe_iters, seed=0)
+        knn = train is not None and "knn" in self.metrics and "knn" in cls.protocols
+        classes = None
+        if cls.prompts is not None and "zero_shot" in self.metrics:
+            classes = class_embeddings(self.frozen, variables, cls.prompts)
+        for mode in self.image:
+            for rate in self.rates:
+                test = self._corrupted(cls.test, variables, mode, rate)
+                if probe is not None:
+                    _append(curves, cls.prefix, mode, "probe_top1", probe.accuracy(test[rep], test["label"]))
+                if knn:
+                    value = knn_classify(train[rep], train["label"], test[rep], test["label"], ks=(self.knn_k,),
+                                         num_classes=len(cls.class_names))[f"k{self.knn_k}_top1"]
+                    _append(curves, cls.prefix, mode, f"knn{self.knn_k}_top1", value)
+                if classes is not None:
+                    value = zero_shot_classify(test["z"], classes, test["label"])["top1"]
+                    _append(curves, cls.prefix, mode, "zero_shot_top1", value)
+
+    def _baseline_curves(self, prefix: str, by_mode) -> dict[str, dict[str, list[float]]]:
+        out: dict[str, dict[str, list[float]]] = {}
+        for mode, by_metric in by_mode.items():
+            for metric in by_metric:
+                points = self.baseline.get(prefix, {}).get(mode, {}).get(metric, {})
+                missing = [r for r in self.rates if r not in points]
+                if missing:
+                    raise ValueError(f"eval.robustness.baseline has no eval/{prefix}/robustness/{mode}/{metric} at rates "
+                                     f"{missing}: evaluate the baseline run with the same corruptions and rates")
+                out.setdefault(mode, {})[metric] = [points[r] for r in self.rates]
+        return out
+
+
+def _append(curves, prefix: str, mode: str, metric: str, value: float) -> None:
+    curves.setdefault(prefix, {}).setdefault(mode, {}).setdefault(metric, []).append(float(value))
+
+
+def _load_baseline(path: str) -> dict:
+    """The robustness curves of another run: its ``eval_summary.json`` (or a workdir holding one),
+    last evaluated step."""
+    import json
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "eval_summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"eval.robustness.baseline: no {path}; give another run's eval_summary.json or workdir")
+    history = json.loads(path.read_text())
+    last = history[max(history, key=int)]
+    return reporting.robustness_curves(last)
+
+
 def _features_of(source) -> set[str]:
     try:
         return set(source[0].keys())
@@ -215,17 +340,27 @@ class Evaluation:
                        templates=tuple(ec.templates) or ZERO_SHOT_TEMPLATES)
         text_model = _text_model(config.input.name, data_dir, ec.text_model)
         self.evaluators: list[Any] = []
+        rc = ec.get("robustness")
+        corruptions = tuple(rc.corruptions) if rc is not None else ()
         cls_protocols = [p for p in protocols if p in ("linear_probe", "knn", "zero_shot")]
+        classification = retrieval = None
         if cls_protocols:
-            self.evaluators.append(ClassificationEval(cls_ec, self.frozen, protocols=cls_protocols,
-                                                      image_size=image_size, text_model=text_model))
-        if "retrieval" in protocols:
+            classification = ClassificationEval(cls_ec, self.frozen, protocols=cls_protocols, image_size=image_size,
+                                                text_model=text_model)
+            self.evaluators.append(classification)
+        wants_captions = set(corruptions) & set(robustness.CAPTION_CORRUPTIONS)
+        if "retrieval" in protocols or (wants_captions and "text" in self.frozen.modalities):
             ret_ec = _with(ec.retrieval, dataset=ec.retrieval.dataset or config.input.name,
                            data_dir=ec.retrieval.data_dir or data_dir, batch_size=ec.batch_size,
                            cache_mb=ec.cache_mb, probe_iters=ec.probe_iters,
                            center_crop_fraction=ec.center_crop_fraction)
-            self.evaluators.append(RetrievalEval(ret_ec, self.frozen, image_size=image_size,
-                                                 ablations=ec.ablations, ablation_label=ec.classification.label_key))
+            retrieval = RetrievalEval(ret_ec, self.frozen, image_size=image_size, ablations=ec.ablations,
+                                      ablation_label=ec.classification.label_key, keep_label=bool(wants_captions))
+            if "retrieval" in protocols:
+                self.evaluators.append(retrieval)
+        if corruptions:  # after the others: their cached images are shared
+            self.evaluators.append(RobustnessEval(rc, self.frozen, classification=classification, retrieval=retrieval,
+                                                  probe_iters=ec.probe_iters, knn_k=int(tuple(ec.knn_k)[0])))
 
     def run(self, params, batch_stats) -> dict[str, float]:
         metrics: dict[str, float] = {}

@@ -160,14 +160,19 @@ class ImageSet:
         if cache is not None:
             self._cached = cache
 
-    def features(self, frozen: FrozenModel, variables) -> dict[str, np.ndarray]:
+    def features(self, frozen: FrozenModel, variables, transform=None) -> dict[str, np.ndarray]:
         """``{"h", "z"}`` and the ``keep`` fields, for every record in the dataset's order
-        (records whose image could not be decoded are dropped, ``index`` says which are left)."""
+        (records whose image could not be decoded are dropped, ``index`` says which are left).
+
+        ``transform(images uint8 [B, S, S, 3], number) -> float [B, S, S, 3]`` in [0, 1] changes
+        each batch first (the robustness curves' image corruptions; ``number`` counts this
+        process's batches, for seeding)."""
         out: dict[str, list] = {"h": [], "z": [], "mask": [], **{k: [] for k in self.keep}}
         progress = _Progress(f"features of {self.name}", self.pad_to)
         done = 0
-        for batch in self.batches():
-            h, z = frozen(variables, batch["image"], "image")
+        for number, batch in enumerate(self.batches()):
+            images = batch["image"] if transform is None else transform(batch["image"], number)
+            h, z = frozen(variables, images, "image")
             out["h"].append(h)
             out["z"].append(z)
             out["mask"].append(batch["mask"])

@@ -13,6 +13,7 @@ Like :mod:`mmssl_jax.losses`, usable from any project: NumPy/JAX arrays in, a di
 from __future__ import annotations
 
 import functools
+from collections import namedtuple
 from collections.abc import Sequence
 
 import jax
@@ -88,6 +89,56 @@ def _fit_grid(l2s, x, onehot, weights, iters):
     return jax.vmap(_softmax_regression, in_axes=(0, None, None, None, None))(l2s, x, onehot, weights, iters)
 
 
+class LinearProbe(namedtuple("LinearProbe", "mean std w b val_top1 l2")):
+    """A fitted probe (:func:`fit_linear_probe`): standardization, weights ``[dim, classes]``,
+    bias, the held-out top-1 at the chosen strength and that strength."""
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Class scores ``[n, classes]`` of features ``[n, dim]``."""
+        return np.asarray((np.asarray(x, np.float32) - self.mean) / self.std @ self.w + self.b)
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Top-1 accuracy on features ``x`` with labels ``y``."""
+        return topk_accuracy(self.scores(x), _check_labels("y", y), ks=(1,))["top1"]
+
+
+def fit_linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    *,
+    num_classes: int | None = None,
+    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+    val_fraction: float = 0.2,
+    iters: int = 300,
+    seed: int = 0,
+) -> LinearProbe:
+    """The probe of :func:`linear_probe`, fit once and kept, to score several test sets (the
+    robustness curves score one probe on the test set at every corruption rate)."""
+    train_y = _check_labels("train_y", train_y)
+    train_x = _check_features("train_x", train_x, len(train_y))
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    num_classes = int(num_classes or train_y.max() + 1)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    l2s = jnp.asarray(sorted(l2_grid), jnp.float32)
+    n = len(train_y)
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(val_fraction * n)))
+    if n - n_val < 1:
+        raise ValueError(f"linear_probe needs at least 2 training rows, got {n}")
+    val = perm[:n_val]
+    fit_weights = np.ones(n, np.float32)
+    fit_weights[val] = 0.0  # the held-out rows weigh nothing in the fit
+    x, y = jnp.asarray((train_x - mean) / std), jax.nn.one_hot(train_y, num_classes, dtype=jnp.float32)
+    ws, bs = _fit_grid(l2s, x, y, jnp.asarray(fit_weights), iters)
+    val_logits = np.asarray(jnp.einsum("nd,gdc->gnc", x[val], ws) + bs[:, None])
+    val_acc = np.mean(val_logits.argmax(-1) == train_y[val][None], axis=1)
+    best = int(np.flatnonzero(val_acc == val_acc.max())[-1])  # the strongest of the best
+    # Refit on every training row; the same shapes as the search, so nothing is recompiled.
+    ws, bs = _fit_grid(jnp.full_like(l2s, l2s[best]), x, y, jnp.ones(n, jnp.float32), iters)
+    return LinearProbe(mean, std, np.asarray(ws[0]), np.asarray(bs[0]), float(val_acc[best]), float(l2s[best]))
+
+
 def linear_probe(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -116,31 +167,10 @@ def linear_probe(
     test_x = _check_features("test_x", test_x, len(test_y))
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"train_x has dim {train_x.shape[1]} but test_x has dim {test_x.shape[1]}")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     num_classes = int(num_classes or max(train_y.max(), test_y.max()) + 1)
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    standardize = lambda x: (x - mean) / std  # noqa: E731
-    onehot = lambda y: jax.nn.one_hot(y, num_classes, dtype=jnp.float32)  # noqa: E731
-    l2s = jnp.asarray(sorted(l2_grid), jnp.float32)
-
-    n = len(train_y)
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(val_fraction * n)))
-    if n - n_val < 1:
-        raise ValueError(f"linear_probe needs at least 2 training rows, got {n}")
-    val = perm[:n_val]
-    fit_weights = np.ones(n, np.float32)
-    fit_weights[val] = 0.0  # the held-out rows weigh nothing in the fit
-    x, y = jnp.asarray(standardize(train_x)), onehot(train_y)
-    ws, bs = _fit_grid(l2s, x, y, jnp.asarray(fit_weights), iters)
-    val_logits = np.asarray(jnp.einsum("nd,gdc->gnc", x[val], ws) + bs[:, None])
-    val_acc = np.mean(val_logits.argmax(-1) == train_y[val][None], axis=1)
-    best = int(np.flatnonzero(val_acc == val_acc.max())[-1])  # the strongest of the best
-    # Refit on every training row; the same shapes as the search, so nothing is recompiled.
-    ws, bs = _fit_grid(jnp.full_like(l2s, l2s[best]), x, y, jnp.ones(n, jnp.float32), iters)
-    scores = np.asarray(standardize(test_x) @ ws[0] + bs[0])
-    return {**topk_accuracy(scores, test_y), "val_top1": float(val_acc[best]), "l2": float(l2s[best])}
+    probe = fit_linear_probe(train_x, train_y, num_classes=num_classes, l2_grid=l2_grid, val_fraction=val_fraction,
+                             iters=iters, seed=seed)
+    return {**topk_accuracy(probe.scores(test_x), test_y), "val_top1": probe.val_top1, "l2": probe.l2}
 
 
 def l2_normalize(x: np.ndarray | jax.Array) -> jax.Array:
@@ -257,9 +287,9 @@ def retrieval_recall(
 # ----------------------------------------------------------------------------- modality ablations
 
 CAPTION_ABLATIONS = ("captions", "removed", "shuffled", "noise")
-"""How captions are changed at evaluation: kept; removed (the zero input a dropped modality
-gets in training, :func:`mmssl_jax.data.augment.drop_modality`); shuffled across images; replaced by Gaussian noise of
-the same norm."""
+"""How captions are changed at evaluation: kept; removed (a zero input, what a model that fuses
+the modalities would see for a missing caption); shuffled across images; replaced by Gaussian
+noise of the same norm."""
 
 
 def ablate_captions(embeddings: np.ndarray, mode: str, seed: int = 0) -> np.ndarray:
