@@ -322,8 +322,10 @@ def test_method_loss_masks_the_terms_that_read_a_partial_view():
     rng = np.random.default_rng(0)
     z = {v: rng.normal(size=(12, 8)).astype(np.float32) for v in ("image1", "image2", "text")}
     has_text = rng.random(12) < 0.5
-    config = load_config("bert_simclr")
-    terms = [dict(t) for t in config.loss_terms]
+    # BERTSimCLR's NT-Xent pair, and a caption term on each of its views.
+    terms = [dict(load_config("bert_simclr").loss_terms[0])] + [
+        {"a": v, "b": "text", "loss": "clip", "weight": 0.5, "kwargs": {"logit_scale": "learned:logit_scale"}}
+        for v in ("image1", "image2")]
     scalars = {"logit_scale": np.float32(2.0)}
     _, metrics = objectives.method_loss(z, scalars, terms, where={"text": has_text})
     np.testing.assert_allclose(metrics["loss/nt_xent/image1-image2"], losses.nt_xent(z["image1"], z["image2"], temperature=0.2))
@@ -354,10 +356,10 @@ def test_partially_paired_training_on_the_embedded_data(data_dir, tmp_path):
     shares = [float(np.mean(next(stream)["has_text"])) for _ in history]
     assert [m["input/caption_fraction"] for _, m in history] == pytest.approx(shares)
     assert 0 < np.mean(shares) < 0.5 and all(np.isfinite(m["loss"]) for _, m in history)
-    assert summary["loss/clip/image1-text"] > 0 and summary["loss/nt_xent/image1-image2"] > 0
+    assert summary["loss/clip/image-text"] > 0 and summary["loss/nt_xent/image1-image2"] > 0
     card = (tmp_path / "quarter" / "recipe.md").read_text()
     assert ("| partially paired | 25% of the images keep their captions (seeded, fixed); caption-less samples leave "
-            "clip/image1-text, clip/image2-text |") in card
+            "clip/image-text |") in card
 
     config.loss_terms = [dict(t) for t in config.loss_terms] + [cb.term("image1", "text", "vicreg")]
     with pytest.raises(train.ConfigError, match=r"loss_terms\[3\]: vicreg on a text view, but some samples have no caption"):
