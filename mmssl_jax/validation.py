@@ -107,6 +107,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.eval.every must be >= 0, got {ec.every}")
     try:
         inputs.augment_configs(config)
+        inputs.read_options(config)
         build_model(config)
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from e
