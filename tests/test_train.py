@@ -135,6 +135,11 @@ def test_bad_configs_fail_before_training_naming_the_problem(data_dir, tmp_path)
         train.train_and_evaluate(config, tmp_path / "c")
 
     config = tiny(load_config("clip"), data_dir)
+    config.input.read_threads, config.input.read_buffer_size = 8, 4
+    with pytest.raises(train.ConfigError, match=r"config.input.read_threads=8, config.input.read_buffer_size=4.*idle"):
+        train.train_and_evaluate(config, tmp_path / "e")
+
+    config = tiny(load_config("clip"), data_dir)
     config.input.name = "mmssl_no_such_dataset"
     with pytest.raises(Exception, match="prepare"):
         train.train_and_evaluate(config, tmp_path / "d")
@@ -307,6 +312,7 @@ def test_dry_run_prints_the_recipe_card_and_the_compiled_step(data_dir, tmp_path
     assert card.startswith("# Recipe: barlow_twins") and "## Compiled step (--dry_run)" in card
     assert "| biases_and_norms |" in card and "| default |" in card and "barlow_twins(image1, image2" in card
     assert "| warmup | 8 updates (0.5 epochs) |" in card and "momentum 0.9 nesterov" in card
+    assert "| input reading | in the training process: 4 reader threads, prefetch buffer 512 elements |" in card
     assert "memory per device: peak" in out and "FLOPs per device per micro-step" in out
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "history.json").exists()
 
