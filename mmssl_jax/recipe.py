@@ -84,6 +84,7 @@ def recipe_card(config: ml_collections.ConfigDict, optimizer: optim.Optimizer, p
                         + (", held per epoch" if opt.get("step_lr_per_epoch") else "")),
         ("optimizer", _optimizer_line(opt)),
         ("compute dtype", config.get("dtype", "float32")),
+        ("input reading", _reading_line(config)),
     ])
     lines += ["", "## Parameter groups (learning rate at update 0 / end of warmup / last update / after it)", ""]
     rows = []
@@ -182,6 +183,15 @@ def _partial_line(config: ml_collections.ConfigDict) -> str:
     if rate > 0:
         parts.append(f"{rate:.0%} of the captions dropped at each step")
     return "; ".join(parts) + f"; caption-less samples leave {', '.join(masked)}"
+
+
+def _reading_line(config: ml_collections.ConfigDict) -> str:
+    workers = config.input.get("worker_count", 0)
+    ro = inputs.read_options(config)
+    where = f"{workers} grain worker processes, each with" if workers else "in the training process:"
+    threads = (f"{ro.num_threads} reader threads, prefetch buffer {ro.prefetch_buffer_size} elements"
+               if ro.num_threads else "no reader threads (read on demand)")
+    return f"{where} {threads}"
 
 
 def _optimizer_line(opt: ml_collections.ConfigDict) -> str:

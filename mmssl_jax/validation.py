@@ -115,6 +115,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _check_robustness(ec, modalities)
     try:
         inputs.augment_configs(config)
+        inputs.read_options(config)
         build_model(config)
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from e

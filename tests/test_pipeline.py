@@ -182,6 +182,24 @@ def test_bad_configuration_errors():
         pipeline.train_dataset(make_records(), batch_size=4, seed=0, image_views={}, text_views=("text",), caption_mode="pair")
 
 
+def test_read_options_are_checked_and_leave_the_stream_unchanged():
+    for threads, buffer, match in [(-1, 4, "num_threads must be an integer >= 0"), (True, 4, "integer"),
+                                   (2, 1.5, "prefetch_buffer_size must be an integer"), (2, 0, "need a prefetch buffer"),
+                                   (0, 8, "need a prefetch buffer"), (4, 2, "threads idle")]:
+        with pytest.raises(ValueError, match=match):
+            pipeline.read_options(threads, buffer)
+    options = pipeline.read_options(2, 8)
+    assert (options.num_threads, options.prefetch_buffer_size) == (2, 8)
+    records = make_records(n=24)
+    streams = [batches(pipeline.train_dataset(records, batch_size=8, seed=0, image_views=views(), keep=("image_id",),
+                                              read_options=ro), 4)
+               for ro in (None, pipeline.read_options(0, 0), options)]
+    for other in streams[1:]:
+        for x, y in zip(streams[0], other):
+            np.testing.assert_array_equal(x["image_id"], y["image_id"])
+            np.testing.assert_array_equal(x["image1"], y["image1"])
+
+
 def test_decode_image_accepts_arrays_and_rejects_garbage():
     assert pipeline.decode_image(np.zeros((5, 6), np.uint8)).shape == (5, 6, 3)
     assert pipeline.decode_image(np.zeros((5, 6, 4), np.uint8)).shape == (5, 6, 3)

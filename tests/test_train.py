@@ -136,6 +136,11 @@ def test_bad_configs_fail_before_training_naming_the_problem(data_dir, tmp_path)
         train.train_and_evaluate(config, tmp_path / "c")
 
     config = tiny(load_config("clip"), data_dir)
+    config.input.read_threads, config.input.read_buffer_size = 8, 4
+    with pytest.raises(train.ConfigError, match=r"config.input.read_threads=8, config.input.read_buffer_size=4.*idle"):
+        train.train_and_evaluate(config, tmp_path / "e")
+
+    config = tiny(load_config("clip"), data_dir)
     config.input.name = "mmssl_no_such_dataset"
     with pytest.raises(Exception, match="prepare"):
         train.train_and_evaluate(config, tmp_path / "d")
@@ -308,6 +313,7 @@ def test_dry_run_prints_the_recipe_card_and_the_compiled_step(data_dir, tmp_path
     assert card.startswith("# Recipe: barlow_twins") and "## Compiled step (--dry_run)" in card
     assert "| biases_and_norms |" in card and "| default |" in card and "barlow_twins(image1, image2" in card
     assert "| warmup | 8 updates (0.5 epochs) |" in card and "momentum 0.9 nesterov" in card
+    assert "| input reading | in the training process: 4 reader threads, prefetch buffer 512 elements |" in card
     assert "memory per device: peak" in out and "FLOPs per device per micro-step" in out
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "history.json").exists()
 
@@ -493,8 +499,10 @@ def test_method_loss_masks_the_terms_that_read_a_partial_view():
     rng = np.random.default_rng(0)
     z = {v: rng.normal(size=(12, 8)).astype(np.float32) for v in ("image1", "image2", "text")}
     has_text = rng.random(12) < 0.5
-    config = load_config("bert_simclr")
-    terms = [dict(t) for t in config.loss_terms]
+    # BERTSimCLR's NT-Xent pair, and a caption term on each of its views.
+    terms = [dict(load_config("bert_simclr").loss_terms[0])] + [
+        {"a": v, "b": "text", "loss": "clip", "weight": 0.5, "kwargs": {"logit_scale": "learned:logit_scale"}}
+        for v in ("image1", "image2")]
     scalars = {"logit_scale": np.float32(2.0)}
     _, metrics = objectives.method_loss(z, scalars, terms, where={"text": has_text})
     np.testing.assert_allclose(metrics["loss/nt_xent/image1-image2"], losses.nt_xent(z["image1"], z["image2"], temperature=0.2))
@@ -525,10 +533,10 @@ def test_partially_paired_training_on_the_embedded_data(data_dir, tmp_path):
     shares = [float(np.mean(next(stream)["has_text"])) for _ in history]
     assert [m["input/caption_fraction"] for _, m in history] == pytest.approx(shares)
     assert 0 < np.mean(shares) < 0.5 and all(np.isfinite(m["loss"]) for _, m in history)
-    assert summary["loss/clip/image1-text"] > 0 and summary["loss/nt_xent/image1-image2"] > 0
+    assert summary["loss/clip/image-text"] > 0 and summary["loss/nt_xent/image1-image2"] > 0
     card = (tmp_path / "quarter" / "recipe.md").read_text()
     assert ("| partially paired | 25% of the images keep their captions (seeded, fixed); caption-less samples leave "
-            "clip/image1-text, clip/image2-text |") in card
+            "clip/image-text |") in card
 
     config.loss_terms = [dict(t) for t in config.loss_terms] + [cb.term("image1", "text", "vicreg")]
     with pytest.raises(train.ConfigError, match=r"loss_terms\[3\]: vicreg on a text view, but some samples have no caption"):

@@ -43,6 +43,17 @@ def train_source(config) -> Sequence[Mapping[str, Any]]:
     )
 
 
+def read_options(config):
+    """grain's reader threads and prefetch buffer per process (``config.input.read_threads``,
+    ``config.input.read_buffer_size``; grain's own 16 and 500 where a config predates them)."""
+    threads = config.input.get("read_threads", 16)
+    buffer = config.input.get("read_buffer_size", 500)
+    try:
+        return pipeline.read_options(threads, buffer)
+    except ValueError as e:
+        raise ValueError(f"config.input.read_threads={threads!r}, config.input.read_buffer_size={buffer!r}: {e}") from e
+
+
 def make_input(config, source, *, seed: int, batch_size: int | None = None):
     """This process's rows of the global training stream a config describes (see
     ``mmssl_jax.data.pipeline``): the same global batches whatever the number of processes.
@@ -58,6 +69,7 @@ def make_input(config, source, *, seed: int, batch_size: int | None = None):
         worker_count=config.input.get("worker_count", 0),
         caption_fraction=config.input.get("caption_fraction", 1.0),
         missing_captions=config.input.get("missing_captions", "skip"),
+        read_options=read_options(config),
     )
 
 
