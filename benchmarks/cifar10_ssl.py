@@ -259,6 +259,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# CIFAR-10 self-supervised benchmark: mmssl_jax vs lightly (PyTorch CPU)", "",
         f"Command: `{report['command']}`  ",
+        *[f"Runs merged from: `{c}`  " for c in report.get("merged_commands", [])],
         f"Budget `{a['budget']}`: ResNet-18 (CIFAR stem) width {a['width']}, batch {a['batch_size']}, "
         f"{a['epochs']:g} epoch(s) = {p['total']} updates on all 50,000 training images at 32 px; "
         f"kNN-{KNN_K} (T={KNN_T}, cosine, weighted) and linear probe at steps {p['eval_steps']} with "
@@ -284,10 +285,12 @@ def markdown(report: dict) -> str:
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m, c in report["comparison"].items():
         lines.append(f"| {m} | {c['seeds']} | {100 * c['ours_knn']:.2f} | {100 * c['peer_knn']:.2f} | "
-                     f"{100 * c['knn_diff']:+.2f} | {100 * c['ours_spread']:.2f} / {100 * c['peer_spread']:.2f} | "
+                     f"{100 * c['knn_diff']:+.2f} | "
+                     + (f"{100 * c['ours_spread']:.2f} / {100 * c['peer_spread']:.2f}" if "," in c["seeds"]
+                        else "n/a (1 seed)") + " | "
                      f"{100 * c['probe_diff']:+.2f} | {c['wall_ratio']:.2f} | {c['step_ratio']:.2f} |")
     lines += ["", "Goals: ours - peer kNN >= 0 within the spread of 2 seeds; wall ours / peer <= 1.0.", ""]
-    lines += report.get("notes", [])
+    lines += [f"- {n}" for n in report.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -354,6 +357,9 @@ def main(argv=None) -> None:
     parser.add_argument("--loader_workers", type=int, default=2, help="data-loader processes (both impls)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--note", action="append", default=[], help="a line for the report (what this run left out)")
+    parser.add_argument("--merge", default="", help="comma-separated result JSONs of the same budget to take runs from "
+                        "(several invocations run side by side on a shared machine)")
     parser.add_argument("--data_dir", default=os.environ.get("MMSSL_DATA_DIR", ""))
     parser.add_argument("--workdir", default="/tmp/cifar10_ssl")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -361,7 +367,10 @@ def main(argv=None) -> None:
     for k, v in BUDGETS[args.budget].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    unknown = sorted(set(args.methods.split(",")) - set(OURS)) + sorted(set(args.peer_methods.split(",")) - set(PEER))
+    args.methods = ",".join(m for m in args.methods.split(",") if m)  # "" runs none of ours
+    args.peer_methods = ",".join(m for m in args.peer_methods.split(",") if m)
+    unknown = sorted(set(args.methods.split(",")) - set(OURS) - {""}) + sorted(
+        set(args.peer_methods.split(",")) - set(PEER) - {""})
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; ours: {OURS}, peer: {PEER}")
 
@@ -378,7 +387,13 @@ def main(argv=None) -> None:
     report = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
     if report.get("budget_key") != budget_key:
         report = {"budget_key": budget_key, "runs": {}}
-    report.update(args=vars(args), plan=p, notes=NOTES, command="python benchmarks/cifar10_ssl.py " + " ".join(
+    for other in [Path(m) for m in args.merge.split(",") if m]:  # runs made by other invocations
+        theirs = json.loads(other.read_text())
+        if theirs.get("budget_key") != budget_key:
+            raise SystemExit(f"--merge {other}: budget {theirs.get('budget_key')} is not this one's {budget_key}")
+        report["runs"].update(theirs["runs"])
+        report.setdefault("merged_commands", []).append(theirs["command"])
+    report.update(args=vars(args), plan=p, notes=NOTES + args.note, command="python benchmarks/cifar10_ssl.py " + " ".join(
         argv if argv is not None else sys.argv[1:]))
     data_path = root / f"data_bank{args.bank}.npz"
     data = export_data(args, data_path)
