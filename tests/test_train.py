@@ -539,5 +539,5 @@ def test_partially_paired_training_on_the_embedded_data(data_dir, tmp_path):
             "clip/image-text |") in card
 
     config.loss_terms = [dict(t) for t in config.loss_terms] + [cb.term("image1", "text", "vicreg")]
-    with pytest.raises(train.ConfigError, match=r"loss_terms\[3\]: vicreg on a text view, but some samples have no caption"):
+    with pytest.raises(train.ConfigError, match=r"loss_terms\[2\]: vicreg on a text view, but some samples have no caption"):
         train.train_and_evaluate(config, tmp_path / "bad")
