@@ -85,7 +85,7 @@ def _prepared(data_dir: str) -> list[str]:
     return out
 
 
-def run_config(run: str, args, settings: dict):
+def run_config(run: str, args, settings: dict, seed: int):
     """The config of one run: every run shares encoder, views, batch, steps and optimizer."""
     config = load_config("bert_simclr" if run.startswith("bert_simclr") else "simclr")
     config.input.name = settings["train"]
@@ -93,7 +93,7 @@ def run_config(run: str, args, settings: dict):
     config.input.batch_size = args.batch_size
     config.input.image_size = args.image_size
     config.num_steps = args.steps
-    config.seed = args.seed
+    config.seed = seed
     config.log_every = max(args.steps // 20, 1)
     config.checkpoint_every = args.steps
     config.encoders.image.kwargs.width = args.width
@@ -113,17 +113,8 @@ def evaluate_run(workdir: Path, settings: dict, args, has_text: bool) -> dict:
 
     results = {}
     for label, dataset, label_key in settings["probes"]:
-        ec = load_config("linear_probe")
+        ec = probe_config(label, dataset, label_key, settings, args)
         ec.checkpoint_dir = str(workdir)
-        ec.eval = config_base.eval_config(("linear_probe", "knn"))
-        ec.eval.classification.dataset = dataset
-        ec.eval.classification.data_dir = args.data_dir
-        ec.eval.classification.label_key = label_key
-        ec.eval.classification.train_split = settings["probe_train"]
-        ec.eval.classification.test_split = settings["probe_test"]
-        ec.eval.classification.max_train = settings["max_train"]
-        ec.eval.classification.name = label
-        ec.eval.image_size = args.image_size
         metrics = evaluation.evaluate_checkpoint(ec, workdir / f"eval_{label}")
         results[label] = {k.split(f"eval/{label}/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"eval/{label}/")}
     if has_text:
@@ -144,46 +135,138 @@ def evaluate_run(workdir: Path, settings: dict, args, has_text: bool) -> dict:
     return results
 
 
+def probe_config(label: str, dataset: str, label_key: str, settings: dict, args):
+    """The probe-only config of one probe set (the same for every run and for the floor)."""
+    from mmssl_jax import config_base
+
+    ec = load_config("linear_probe")
+    ec.eval = config_base.eval_config(("linear_probe", "knn"))
+    ec.eval.classification.dataset = dataset
+    ec.eval.classification.data_dir = args.data_dir
+    ec.eval.classification.label_key = label_key
+    ec.eval.classification.train_split = settings["probe_train"]
+    ec.eval.classification.test_split = settings["probe_test"]
+    ec.eval.classification.max_train = settings["max_train"]
+    ec.eval.classification.name = label
+    ec.eval.image_size = args.image_size
+    return ec
+
+
+def pixel_floor(settings: dict, args) -> dict:
+    """The raw-pixel floor: the same probe and kNN on the evaluation pipeline's pixels
+    (flattened, the probe standardizes them), the same training subset and test set."""
+    import numpy as np
+
+    from mmssl_jax.evaluation import evaluators, features, protocols
+
+    out = {}
+    for label, dataset, label_key in settings["probes"]:
+        ec = probe_config(label, dataset, label_key, settings, args).eval
+        cc = ec.classification
+        pixels = {}
+        for split in (cc.train_split, cc.test_split):
+            source = evaluators._load(dataset, split, args.data_dir or None, labelled=label_key)
+            if split == cc.train_split and cc.max_train and len(source) > cc.max_train:
+                source = features.Subset(source, features.stratified_sample(source.labels(), cc.max_train, seed=0))
+            images = features.ImageSet(source, image_size=args.image_size, batch_size=512, keep=("label",),
+                                       center_crop_fraction=ec.center_crop_fraction)
+            xs, ys = [], []
+            for batch in images.batches():
+                keep = batch["mask"].astype(bool)
+                xs.append(batch["image"][keep].reshape(keep.sum(), -1))
+                ys.append(batch["label"][keep])
+            pixels[split] = (np.concatenate(xs).astype(np.float32), np.concatenate(ys))
+        (tx, ty), (vx, vy) = pixels[cc.train_split], pixels[cc.test_split]
+        metrics = {f"linear_probe/{k}": v for k, v in protocols.linear_probe(tx, ty, vx, vy, seed=0).items()}
+        knn = protocols.knn_classify(tx, ty, vx, vy, ks=(20, 200), temperature=0.07)
+        metrics.update({f"knn/{k}": v for k, v in knn.items()})
+        out[label] = metrics
+    return out
+
+
+def caption_training_accuracy(workdir: Path) -> float | None:
+    """The last logged in-batch image-to-caption top-1 of the caption terms (mean over terms)."""
+    history = json.loads((workdir / "history.json").read_text())
+    accs = [v for k, v in history[-1][1].items() if k.startswith("accuracy/clip/")]
+    return sum(accs) / len(accs) if accs else None
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    a = np.asarray(values, np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def aggregate(per_seed: dict) -> dict:
+    """Mean and sample standard deviation over seeds of every scalar metric."""
+    seeds = list(per_seed.values())
+    out = {"train_seconds": _stats([r["train_seconds"] for r in seeds]),
+           "final_loss": _stats([r["final_loss"] for r in seeds])}
+    if seeds[0].get("caption_accuracy") is not None:
+        out["caption_accuracy"] = _stats([r["caption_accuracy"] for r in seeds])
+    for group, metrics in seeds[0]["eval"].items():
+        for key in metrics:
+            out[f"{group}/{key}"] = _stats([r["eval"][group][key] for r in seeds])
+    return out
+
+
+def _pm(stat, scale: float = 100.0, digits: int = 1) -> str:
+    mean, std = stat
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
 def markdown(report: dict) -> str:
+    args = report["args"]
     probes = [p[0] for p in report["settings"]["probes"]]
+    seeds = args["seeds"]
+    opt = report.get("optimizer", "")
     lines = [f"# Image+caption experiment on {report['data']} data", "",
              f"Command: `{report['command']}`  ", f"Machine: {report['machine']}; total {report['seconds'] / 60:.1f} min. "
-             f"Budget per run: {report['args']['steps']} steps x batch {report['args']['batch_size']} at "
-             f"{report['args']['image_size']} px, ResNet-18 (CIFAR stem) width {report['args']['width']}, "
-             f"LARS, seed {report['args']['seed']}. Trained on `{report['settings']['train']}` (train split).", "",
+             f"Budget per run: {args['steps']} steps x batch {args['batch_size']} at "
+             f"{args['image_size']} px, ResNet-18 (CIFAR stem) width {args['width']}, {opt}; "
+             f"seeds {seeds} (mean ± sample standard deviation over the {len(seeds)} seeds). "
+             f"Trained on `{report['settings']['train']}` (train split).", "",
              "Linear probe (L2 chosen on a held-out 20% of the probe's training split, refit on all of it) "
-             "and weighted kNN (k=20, T=0.07) on the frozen encoder output; top-1 / top-5 in %.", ""]
-    head = "| run | train s | final loss | " + " | ".join(f"{p} probe top-1 | {p} probe top-5 | {p} kNN-20 top-1" for p in probes)
-    lines += [head + " |", "|---" + "|---:" * (2 + 3 * len(probes)) + "|"]
-    for run in RUNS:
-        r = report["runs"][run]
-        cells = [run, f"{r['train_seconds']:.0f}", f"{r['final_loss']:.3f}"]
+             "and weighted kNN (T=0.07) on the frozen encoder output, top-1 in %. The raw-pixel row runs the "
+             "same probe and kNN on the evaluation pipeline's pixels. Caption acc: the last logged in-batch "
+             "image-to-caption top-1 of the caption terms during training (chance 1/batch).", ""]
+    head = "| run | train s | final loss | caption acc | " + " | ".join(
+        f"{p} probe top-1 | {p} kNN-20 | {p} kNN-200" for p in probes)
+    lines += [head + " |", "|---" + "|---:" * (3 + 3 * len(probes)) + "|"]
+    floor = report.get("floor")
+    if floor:
+        cells = ["raw pixels", "", "", ""]
         for p in probes:
-            m = r["eval"][p]
-            cells += [f"{100 * m['linear_probe/top1']:.1f}", f"{100 * m.get('linear_probe/top5', float('nan')):.1f}",
-                      f"{100 * m['knn/k20_top1']:.1f}"]
+            m = floor[p]
+            cells += [f"{100 * m['linear_probe/top1']:.1f}", f"{100 * m['knn/k20_top1']:.1f}",
+                      f"{100 * m['knn/k200_top1']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for run in RUNS:
+        a = report["runs"][run]["aggregate"]
+        cap = _pm(a["caption_accuracy"]) if "caption_accuracy" in a else "-"
+        cells = [run, f"{a['train_seconds'][0]:.0f}", _pm(a["final_loss"], 1.0, 3), cap]
+        for p in probes:
+            cells += [_pm(a[f"{p}/linear_probe/top1"]), _pm(a[f"{p}/knn/k20_top1"]), _pm(a[f"{p}/knn/k200_top1"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Image-text retrieval on the held-out captioned split "
-              f"(`{'/'.join(report['settings']['retrieval'])}`), recall in %:", "",
+              f"(`{'/'.join(report['settings']['retrieval'])}`), recall in % (chance R@1: 1 / split size):", "",
               "| run | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 |", "|---|---:|---:|---:|---:|---:|---:|"]
     for run in RUNS[1:]:
-        m = report["runs"][run]["eval"]["retrieval"]
-        lines.append(f"| {run} | " + " | ".join(f"{100 * m[f'retrieval/{d}_r@{k}']:.1f}" for d in ("i2t", "t2i")
+        a = report["runs"][run]["aggregate"]
+        lines.append(f"| {run} | " + " | ".join(_pm(a[f"retrieval/retrieval/{d}_r@{k}"]) for d in ("i2t", "t2i")
                                                 for k in (1, 5, 10)) + " |")
-    ablation = {run: report["runs"][run]["eval"]["retrieval"] for run in RUNS[1:]}
-    if any("ablation/captions/fused_probe_top1" in m for m in ablation.values()):
-        lines += ["", "Caption ablations (fused probe: `[h_image, z_caption]` of each test image, probe on half, "
-                  "scored on the other half; top-1 %):", "",
-                  "| run | image only | + captions | + removed | + shuffled | + noise | t2i R@1 shuffled |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for run, m in ablation.items():
-            lines.append(f"| {run} | {100 * m['ablation/image_only/probe_top1']:.1f} | "
-                         + " | ".join(f"{100 * m[f'ablation/{mode}/fused_probe_top1']:.1f}"
-                                      for mode in ("captions", "removed", "shuffled", "noise"))
-                         + f" | {100 * m['ablation/shuffled/retrieval/t2i_r@1']:.1f} |")
+    lines += ["", "Per seed (first probe set, probe top-1 / kNN-200 top-1 %):", "",
+              "| run | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" + "|---:" * len(seeds) + "|"]
+    first = probes[0]
+    for run in RUNS:
+        per = report["runs"][run]["seeds"]
+        lines.append(f"| {run} | " + " | ".join(
+            f"{100 * per[str(s)]['eval'][first]['linear_probe/top1']:.1f} / {100 * per[str(s)]['eval'][first]['knn/k200_top1']:.1f}"
+            for s in seeds) + " |")
     lines += ["", "Published (20% of MS-COCO, ResNet-50-scale budget), linear-probe top-1 %: "
               + "; ".join(f"{run}: CIFAR-10 {v['CIFAR-10']}, CIFAR-100 {v['CIFAR-100']}" for run, v in PUBLISHED.items()),
-              "", f"Ordering (first probe set, top-1): {report['ordering']}", ""]
+              "", f"Ordering (first probe set, mean probe top-1): {report['ordering']}", ""]
     return "\n".join(lines)
 
 
@@ -196,13 +279,16 @@ def plot(report: dict, path: Path) -> None:
     probes = [p[0] for p in report["settings"]["probes"]]
     fig, axes = plt.subplots(1, len(probes), figsize=(4.2 * len(probes), 3.4), squeeze=False)
     for ax, probe in zip(axes[0], probes):
-        top1 = [100 * report["runs"][r]["eval"][probe]["linear_probe/top1"] for r in RUNS]
-        knn = [100 * report["runs"][r]["eval"][probe]["knn/k20_top1"] for r in RUNS]
         xs = range(len(RUNS))
-        ax.bar([x - 0.2 for x in xs], top1, 0.4, label="linear probe top-1")
-        ax.bar([x + 0.2 for x in xs], knn, 0.4, label="kNN-20 top-1")
+        for offset, key, label in ((-0.2, "linear_probe/top1", "linear probe top-1"), (0.2, "knn/k200_top1", "kNN-200 top-1")):
+            stats = [report["runs"][r]["aggregate"][f"{probe}/{key}"] for r in RUNS]
+            ax.bar([x + offset for x in xs], [100 * m for m, _ in stats], 0.4, yerr=[100 * sd for _, sd in stats],
+                   capsize=3, label=label)
+        floor = (report.get("floor") or {}).get(probe)
+        if floor:
+            ax.axhline(100 * floor["linear_probe/top1"], color="k", ls="--", lw=1, label="raw-pixel probe")
         ax.set_xticks(list(xs), ["SimCLR", "+captions\n(first)", "+captions\n(random)"])
-        ax.set_title(f"{probe} ({report['data']} pretraining)", fontsize=10)
+        ax.set_title(f"{probe} ({report['data']} pretraining, {len(report['args']['seeds'])} seeds)", fontsize=10)
         ax.set_ylabel("%")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -219,10 +305,16 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--width", type=int, default=16, help="ResNet-18 base width (64 is the standard)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--workdir", default="/tmp/caption_experiment")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args(argv)
+    try:
+        args.seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if not args.seeds:
+        parser.error("--seeds is empty")
 
     from mmssl_jax.tf_compat import import_tensorflow
 
@@ -233,28 +325,35 @@ def main(argv=None) -> None:
 
     settings = data_settings(args.data, args.data_dir)
     start = time.time()
+    reference = load_config("bert_simclr").optimizer
     report = {"data": args.data, "args": vars(args), "settings": settings, "runs": {},
               "command": "python benchmarks/caption_experiment.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s), {platform.node()}"}
+              "machine": f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s), {platform.node()}",
+              "optimizer": f"{reference.name.upper()} {reference.learning_rate} ({reference.lr_scaling} scaling)"}
+    report["floor"] = pixel_floor(settings, args)
     root = Path(args.workdir) / args.data
     for run in RUNS:
-        workdir = root / run
-        config = run_config(run, args, settings)
-        t = time.time()
-        summary = train.train_and_evaluate(config, workdir)
-        seconds = time.time() - t
-        # A finished run in the workdir is resumed at its last step (nothing to train), so an
-        # interrupted experiment re-run only evaluates; the loss comes from the run's history.
-        history = json.loads((workdir / "history.json").read_text())
-        # Training time from the run's own logged throughput (also right for a resumed run).
-        steps = [0] + [s for s, _ in history]
-        logged = sum((b - a) * args.batch_size / m["examples_per_second"] for a, (b, m) in zip(steps, history))
-        report["runs"][run] = {"train_seconds": logged, "wall_seconds_this_call": seconds,
-                               "final_loss": history[-1][1]["loss"],
-                               "eval": evaluate_run(workdir, settings, args, has_text=run != "simclr")}
+        report["runs"][run] = {"seeds": {}}
+        for seed in args.seeds:
+            workdir = root / run / f"seed{seed}"
+            config = run_config(run, args, settings, seed)
+            t = time.time()
+            train.train_and_evaluate(config, workdir)
+            seconds = time.time() - t
+            # A finished run in the workdir is resumed at its last step (nothing to train), so an
+            # interrupted experiment re-run only evaluates; the loss comes from the run's history.
+            history = json.loads((workdir / "history.json").read_text())
+            # Training time from the run's own logged throughput (also right for a resumed run).
+            steps = [0] + [s for s, _ in history]
+            logged = sum((b - a) * args.batch_size / m["examples_per_second"] for a, (b, m) in zip(steps, history))
+            report["runs"][run]["seeds"][str(seed)] = {
+                "train_seconds": logged, "wall_seconds_this_call": seconds, "final_loss": history[-1][1]["loss"],
+                "caption_accuracy": caption_training_accuracy(workdir),
+                "eval": evaluate_run(workdir, settings, args, has_text=run != "simclr")}
+        report["runs"][run]["aggregate"] = aggregate(report["runs"][run]["seeds"])
     report["seconds"] = time.time() - start
     first = settings["probes"][0][0]
-    top1 = {r: report["runs"][r]["eval"][first]["linear_probe/top1"] for r in RUNS}
+    top1 = {r: report["runs"][r]["aggregate"][f"{first}/linear_probe/top1"][0] for r in RUNS}
     order = sorted(RUNS, key=lambda r: -top1[r])
     report["ordering"] = " > ".join(f"{r} ({100 * top1[r]:.1f}%)" for r in order) + (
         "; the published ordering (random > first > simclr) holds" if order == list(RUNS[::-1])
