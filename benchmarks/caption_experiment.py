@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import sys
 import time
@@ -108,14 +109,28 @@ def run_config(run: str, args, settings: dict, seed: int):
     return config
 
 
-def evaluate_run(workdir: Path, settings: dict, args, has_text: bool) -> dict:
-    from mmssl_jax import config_base, evaluation
+def _evaluate(ec, out: Path, step: int) -> dict:
+    """``evaluation.evaluate_checkpoint``, or the metrics an earlier call already wrote for this
+    step (a re-run of an interrupted or shortened experiment does not evaluate twice)."""
+    from mmssl_jax import evaluation
 
+    summary = out / "eval_summary.json"
+    if summary.exists():
+        done = json.loads(summary.read_text()).get(str(step))
+        if done:
+            return done
+    return evaluation.evaluate_checkpoint(ec, out)
+
+
+def evaluate_run(workdir: Path, settings: dict, args, has_text: bool) -> dict:
+    from mmssl_jax import config_base
+
+    step = json.loads((workdir / "history.json").read_text())[-1][0]
     results = {}
     for label, dataset, label_key in settings["probes"]:
         ec = probe_config(label, dataset, label_key, settings, args)
         ec.checkpoint_dir = str(workdir)
-        metrics = evaluation.evaluate_checkpoint(ec, workdir / f"eval_{label}")
+        metrics = _evaluate(ec, workdir / f"eval_{label}", step)
         results[label] = {k.split(f"eval/{label}/", 1)[1]: v for k, v in metrics.items() if k.startswith(f"eval/{label}/")}
     if has_text:
         dataset, split = settings["retrieval"]
@@ -129,7 +144,7 @@ def evaluate_run(workdir: Path, settings: dict, args, has_text: bool) -> dict:
         ec.eval.ablations = args.data == "embedded"
         ec.eval.classification.label_key = "label"
         ec.eval.image_size = args.image_size
-        metrics = evaluation.evaluate_checkpoint(ec, workdir / "eval_retrieval")
+        metrics = _evaluate(ec, workdir / "eval_retrieval", step)
         results["retrieval"] = {k.split("eval/retrieval/", 1)[1]: v for k, v in metrics.items()
                                 if k.startswith("eval/retrieval/")}
     return results
@@ -182,6 +197,22 @@ def pixel_floor(settings: dict, args) -> dict:
         metrics.update({f"knn/{k}": v for k, v in knn.items()})
         out[label] = metrics
     return out
+
+
+def cached_pixel_floor(root: Path, settings: dict, args) -> dict:
+    """The pixel floor, computed once per probe setting and kept in the workdir: it does not
+    depend on the runs or the seeds, and its probe on 3,072-d pixels is the slowest evaluation."""
+    key = {"probes": [list(p) for p in settings["probes"]], "max_train": settings["max_train"],
+           "image_size": args.image_size, "data_dir": args.data_dir}
+    path = root / "pixel_floor.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["floor"]
+    floor = pixel_floor(settings, args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "floor": floor}, indent=1))
+    return floor
 
 
 def caption_training_accuracy(workdir: Path) -> float | None:
@@ -328,13 +359,14 @@ def main(argv=None) -> None:
     reference = load_config("bert_simclr").optimizer
     report = {"data": args.data, "args": vars(args), "settings": settings, "runs": {},
               "command": "python benchmarks/caption_experiment.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s), {platform.node()}",
+              "machine": f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s), {platform.node()}"
+                         + (f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else ""),
               "optimizer": f"{reference.name.upper()} {reference.learning_rate} ({reference.lr_scaling} scaling)"}
-    report["floor"] = pixel_floor(settings, args)
     root = Path(args.workdir) / args.data
-    for run in RUNS:
-        report["runs"][run] = {"seeds": {}}
-        for seed in args.seeds:
+    report["runs"] = {run: {"seeds": {}} for run in RUNS}
+    # Seed-major: every run's seed 0 first, so a stopped experiment has whole seeds of all runs.
+    for seed in args.seeds:
+        for run in RUNS:
             workdir = root / run / f"seed{seed}"
             config = run_config(run, args, settings, seed)
             t = time.time()
@@ -350,7 +382,9 @@ def main(argv=None) -> None:
                 "train_seconds": logged, "wall_seconds_this_call": seconds, "final_loss": history[-1][1]["loss"],
                 "caption_accuracy": caption_training_accuracy(workdir),
                 "eval": evaluate_run(workdir, settings, args, has_text=run != "simclr")}
+    for run in RUNS:
         report["runs"][run]["aggregate"] = aggregate(report["runs"][run]["seeds"])
+    report["floor"] = cached_pixel_floor(root, settings, args)
     report["seconds"] = time.time() - start
     first = settings["probes"][0][0]
     top1 = {r: report["runs"][r]["aggregate"][f"{first}/linear_probe/top1"][0] for r in RUNS}
