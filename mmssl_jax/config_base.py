@@ -120,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Robustness to a missing modality: modality -> fraction of samples that lose it at each step
     # (e.g. {"text": 0.3}). A dropped caption leaves the sample out of the image-text terms for
     # that step (loss masks, as input.caption_fraction); another modality's input is zeroed.
-    # Evaluate with eval.ablations or eval.robustness.
+    # Evaluate with eval.ablations, eval.robustness or eval.counterfactual.
     c.modality_dropout = ml_collections.ConfigDict()
     c.eval = eval_config()
     return c

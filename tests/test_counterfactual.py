@@ -161,6 +161,15 @@ def test_bad_inputs_are_refused(change, match):
         _run(arrays["h"], arrays["z"], arrays["t"], arrays["labels"], **change)
 
 
+def test_stratified_halves_put_every_class_in_training():
+    labels = np.array([0] * 5 + [1] * 2 + [2] + [3] * 4)
+    train, test = cf.stratified_halves(labels, seed=2)
+    assert sorted(np.r_[train, test]) == list(range(len(labels)))
+    assert [int((labels[train] == c).sum()) for c in range(4)] == [3, 1, 1, 2]
+    assert [int((labels[test] == c).sum()) for c in range(4)] == [2, 1, 0, 2]
+    assert not np.array_equal(train, cf.stratified_halves(labels, seed=3)[0])
+
+
 def test_class_mean_needs_every_test_class_in_training():
     h, z, t, labels = _features("caption")
     labels = labels.copy()
@@ -195,3 +204,20 @@ def test_bad_config_is_a_config_error(change, modalities, protocols, match):
     assert evaluators.check_counterfactual(_cc(), {"image", "text"}, ("knn",))
     assert not evaluators.check_counterfactual(config_base.eval_config().counterfactual, set(), ())
     assert not evaluators.check_counterfactual(ml_collections.ConfigDict({"modalities": ()}), set(), ())
+
+
+def test_validation_refuses_counterfactuals_of_a_model_without_captions():
+    from mmssl_jax import validation
+    from tests.test_train import load_config
+
+    config = load_config("simclr")
+    config.eval.counterfactual.modalities = ("image",)
+    with pytest.raises(config_base.ConfigError, match=r"counterfactual needs an image\+caption model"):
+        validation.validate_config(config)
+    config = load_config("clip")
+    config.eval.counterfactual.modalities = ("caption",)
+    config.eval.counterfactual.kinds = ("removed", "shuffled")
+    with pytest.raises(config_base.ConfigError, match=r"counterfactual.kinds: unknown \['shuffled'\]"):
+        validation.validate_config(config)
+    config.eval.counterfactual.kinds = ("removed",)
+    validation.validate_config(config)

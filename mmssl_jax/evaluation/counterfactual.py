@@ -66,6 +66,21 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return donor
 
 
+def stratified_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` sorted index arrays: each class's samples in a seeded order, the first
+    ``ceil(count / 2)`` to ``train``, the rest to ``test``; so every class with a test sample has a
+    training sample (its prototype and the probe see it)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 3])
+    train, test = [], []
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        cut = -(-len(rows) // 2)
+        train.append(rows[:cut])
+        test.append(rows[cut:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
 def class_prototypes(x: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """``[num_classes, d]``: per class the mean of the L2-normalized rows of ``x`` with that label,
     normalized again; a class without rows is NaN (:func:`counterfactual_rows` refuses it)."""

@@ -324,7 +324,7 @@ def check_counterfactual(cc: ml_collections.ConfigDict | None, modalities: set, 
 class CounterfactualEval:
     """Counterfactual modality contribution on the retrieval split (``config.eval.counterfactual``):
     :func:`~mmssl_jax.evaluation.counterfactual.contributions` with the probe and class prototypes
-    fit on a seeded half of the split, read on the other half. The missing image is the all-zero
+    fit on a seeded half of each class of the split (``stratified_halves``), read on the other half. The missing image is the all-zero
     (black) image ``modality_dropout`` feeds the encoder; the missing caption the zero sentence
     embedding. Metrics: ``eval/<dataset>/counterfactual/<modality>/<kind>/<stat>`` (the
     :data:`~mmssl_jax.evaluation.counterfactual.STATS`) and ``.../clean/<stat>``; :meth:`write`
@@ -352,8 +352,7 @@ class CounterfactualEval:
         blank_text = self.frozen.texts(variables, np.zeros((1, ret.first_caption.shape[1]), np.float32))
         black = np.zeros((jax.local_device_count(), self.image_size, self.image_size, 3), np.uint8)
         blank_h, blank_z = self.frozen(variables, black, "image")
-        split = np.random.default_rng([self.seed, 3]).permutation(len(labels))
-        train, test = np.sort(split[: len(split) // 2]), np.sort(split[len(split) // 2:])
+        train, test = counterfactual.stratified_halves(labels, self.seed)
         num_classes = len(self.class_names) if self.class_names else None
         result = counterfactual.contributions(
             feats["h"], feats["z"], text_z, labels, train=train, test=test, removed_image_h=blank_h[0],
