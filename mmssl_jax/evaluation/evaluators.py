@@ -371,7 +371,7 @@ class CounterfactualEval:
         if self.last is None:
             return
         workdir = Path(workdir)
-        title = f"Counterfactual modality contribution: {self.retrieval.prefix}, label {self.label_key}, step {step}"
+        title = f"Counterfactual modality contribution: {self.retrieval.prefix} ({self.label_key!r} probe), step {step}"
         reporting.write_text(workdir / "counterfactual.json", json.dumps({"step": step, **self.last}))
         reporting.write_text(workdir / "counterfactual.md", counterfactual.markdown(self.last, title))
 
