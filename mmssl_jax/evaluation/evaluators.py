@@ -324,9 +324,9 @@ def check_counterfactual(cc: ml_collections.ConfigDict | None, modalities: set, 
 class CounterfactualEval:
     """Counterfactual modality contribution on the retrieval split (``config.eval.counterfactual``):
     :func:`~mmssl_jax.evaluation.counterfactual.contributions` with the probe and class prototypes
-    fit on a seeded half of each class of the split (``stratified_halves``), read on the other half. The missing image is the all-zero
-    (black) image ``modality_dropout`` feeds the encoder; the missing caption the zero sentence
-    embedding. Metrics: ``eval/<dataset>/counterfactual/<modality>/<kind>/<stat>`` (the
+    fit on a seeded half of each class of the split (``stratified_halves``), read on the other
+    half. The missing image is the all-zero (black) image ``modality_dropout`` feeds the encoder;
+    the missing caption the zero sentence embedding. Metrics: ``eval/<dataset>/counterfactual/<modality>/<kind>/<stat>`` (the
     :data:`~mmssl_jax.evaluation.counterfactual.STATS`) and ``.../clean/<stat>``; :meth:`write`
     puts the per-class, per-sample and top-k tables in ``counterfactual.json`` and ``.md``."""
 
