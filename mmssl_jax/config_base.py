@@ -120,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Robustness to a missing modality: modality -> fraction of samples that lose it at each step
     # (e.g. {"text": 0.3}). A dropped caption leaves the sample out of the image-text terms for
     # that step (loss masks, as input.caption_fraction); another modality's input is zeroed.
-    # Evaluate with eval.ablations or eval.robustness.
+    # Evaluate with eval.ablations, eval.robustness or eval.counterfactual.
     c.modality_dropout = ml_collections.ConfigDict()
     c.eval = eval_config()
     return c
@@ -180,6 +180,20 @@ def eval_config(protocols: tuple[str, ...] = ("linear_probe", "knn")) -> ml_coll
     # corruptions and rates); "": against the constant clean score (a model the corruption cannot touch).
     e.robustness.baseline = ""
     e.robustness.seed = 0  # Which images and captions are corrupted, the noise and the occluders.
+    # Counterfactual modality contribution (image+caption models), on the retrieval split, whose
+    # label (label_key) the fused probe predicts: per test sample, how the probe's p(true class)
+    # and the retrieval rank of its partner change when its image or caption alone is "removed"
+    # (black image / zero caption embedding), "swapped" (another sample's, a seeded derangement)
+    # or "class_mean" (its class's prototype over the training half). Means per counterfactual go
+    # to the metrics; per class, per sample and the top_k samples that depend most on each
+    # modality to <workdir>/counterfactual.json and .md. (): off.
+    # CLI: --config.eval.counterfactual.modalities="('image','caption')".
+    e.counterfactual = ml_collections.ConfigDict()
+    e.counterfactual.modalities = ()  # any of "image", "caption"
+    e.counterfactual.kinds = ("removed", "swapped", "class_mean")
+    e.counterfactual.label_key = ""  # "": eval.classification.label_key
+    e.counterfactual.top_k = 10
+    e.counterfactual.seed = 0  # The probe/prototype half of the split and the swap derangement.
     return e
 
 

@@ -339,6 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 eval_metrics = evaluator.run(state.params, state.batch_stats)
                 reporting.write_eval_metrics(workdir, step, eval_metrics, writer)
                 reporting.write_robustness_curves(eval_metrics, workdir / "robustness.png")
+                evaluator.write(workdir, step)
                 row.update(eval_metrics)
                 if jax.process_index() == 0:
                     print(reporting.format_eval_summary(f"Step {step} evaluation", eval_metrics), flush=True)

@@ -113,6 +113,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if ec.every < 0:
             raise ConfigError(f"config.eval.every must be >= 0, got {ec.every}")
         _check_robustness(ec, modalities)
+        evaluation.check_counterfactual(ec.get("counterfactual"), modalities, tuple(ec.protocols))
     try:
         inputs.augment_configs(config)
         inputs.read_options(config)

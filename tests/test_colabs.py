@@ -56,6 +56,23 @@ NOTEBOOKS = [
         expected_output=("simclr trained", "clip trained", "retrieval grid drawn"),
     ),
     Notebook(
+        "04_modalities.ipynb",
+        parameters={
+            "STEPS": 4,
+            "BATCH": 32,
+            "IMAGE_SIZE": 16,
+            "NUM_TRAIN": 256,  # 01_quickstart's sizes and folder: run by the same worker, the data is prepared once
+            "WIDTH": 4,
+            "RATES": (0.0, 0.5, 1.0),
+            "PROBE_ITERS": 20,
+            "TOP_K": 3,
+            "DATA_DIR": f"{_SCRATCH}/tfds",
+            "WORKDIR": f"{_SCRATCH}/modalities",
+        },
+        expected_output=("clip trained", "robustness curves drawn", "counterfactual contributions drawn",
+                         "top samples drawn"),
+    ),
+    Notebook(
         "02_losses_in_your_project.ipynb",
         parameters={
             "TRAIN_STEPS": 60,

@@ -253,6 +253,8 @@ def clip_run(data_dir, tmp_path_factory):
     config.eval.ablations = True
     config.eval.robustness.corruptions = ("caption_missing", "caption_swapped", "image_noise")
     config.eval.robustness.rates = (0.0, 0.5, 1.0)
+    config.eval.counterfactual.modalities = ("image", "caption")
+    config.eval.counterfactual.top_k = 3
     config.eval.probe_iters = 30
     config.eval.classification.max_train = 96
     workdir = tmp_path_factory.mktemp("clip_run")
@@ -302,6 +304,39 @@ def test_training_evaluates_robustness_curves(clip_run):
         assert metrics[f"robustness/image_noise/{metric}/effective"] == pytest.approx(
             sum(v - curve("image_noise", metric)[0] for v in curve("image_noise", metric)))
     assert (workdir / "robustness.png").stat().st_size > 10_000
+
+
+@pytest.mark.xdist_group("trained_checkpoint")
+def test_training_evaluates_counterfactual_contributions(clip_run):
+    """eval.counterfactual: the means of every counterfactual in the metrics, consistent with the
+    per-sample table of counterfactual.json; counterfactual.md holds the tables."""
+    from mmssl_jax.data import shapes
+
+    workdir, _ = clip_run
+    metrics = json.loads((workdir / "eval_summary.json").read_text())["3"]
+    key = "eval/mmssl_shapes/counterfactual"
+    report = json.loads((workdir / "counterfactual.json").read_text())
+    assert report["step"] == 3
+    samples = report["samples"]
+    clean = metrics[f"{key}/clean/accuracy"]
+    assert clean == pytest.approx(np.mean(samples["clean"]["correct"]))
+    assert 0 <= metrics[f"{key}/clean/r@1_i2t"] <= 1
+    for modality in ("image", "caption"):
+        for kind in ("removed", "swapped", "class_mean"):
+            name = f"{modality}/{kind}"
+            s = samples[name]
+            assert metrics[f"{key}/{name}/p_drop"] == pytest.approx(np.mean(s["p_drop"]))
+            np.testing.assert_allclose(s["p_drop"], np.subtract(samples["clean"]["p_true"], s["p_true"]), atol=1e-6)
+            assert metrics[f"{key}/{name}/accuracy"] == pytest.approx(
+                clean - metrics[f"{key}/{name}/flip_rate"] + metrics[f"{key}/{name}/fix_rate"])
+            assert metrics[f"{key}/{name}/rank_i2t_change"] == pytest.approx(
+                np.mean(np.subtract(s["rank_i2t"], samples["clean"]["rank_i2t"])))
+        assert len(report["top"][modality]) == 3
+    # A removed caption is one constant input: no image finds its own caption first any more.
+    assert not np.any(np.equal(samples["caption/removed"]["rank_i2t"], 1))
+    assert report["per_class"] and set(report["per_class"]) <= set(shapes.SHAPES)  # by class name
+    text = (workdir / "counterfactual.md").read_text()
+    assert "| caption/swapped |" in text and "Samples that depend most on the image" in text
 
 
 @pytest.mark.xdist_group("trained_checkpoint")

@@ -119,5 +119,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path |
     workdir = Path(workdir) if workdir else Path(config.checkpoint_dir) / "eval"
     reporting.write_eval_metrics(workdir, step, metrics)
     reporting.write_robustness_curves(metrics, workdir / "robustness.png")
+    evaluation.write(workdir, step)
     print(reporting.format_eval_summary(f"Evaluated {train_config.get('method', 'model')} step {step}", metrics))
     return metrics

@@ -7,6 +7,8 @@ optimizer state) and caches its inputs (decoded images, caption and prompt embed
 - :class:`RetrievalEval`: image-text retrieval on a captioned split, and the caption ablations.
 - :class:`RobustnessEval`: every metric along corruption rates of the captions and the images
   (``eval.robustness``), with MultiBench's relative and effective robustness.
+- :class:`CounterfactualEval`: what each modality contributes, per sample, when it is removed,
+  swapped or replaced by its class mean (``eval.counterfactual``).
 - :class:`Evaluation`: every evaluator a config asks for.
 """
 
@@ -27,7 +29,8 @@ from mmssl_jax.evaluation.features import (
     model_variables, stratified_sample,
 )
 from mmssl_jax import reporting
-from mmssl_jax.evaluation import robustness
+from mmssl_jax.config_base import ConfigError
+from mmssl_jax.evaluation import counterfactual, robustness
 from mmssl_jax.evaluation.protocols import (
     CAPTION_ABLATIONS, DEFAULT_L2_GRID, ablate_captions, fit_linear_probe, knn_classify, l2_normalize, linear_probe,
     retrieval_recall, zero_shot_classify,
@@ -132,7 +135,8 @@ class RetrievalEval:
     """Image-text retrieval R@1/5/10 on a captioned split, and the caption ablations."""
 
     def __init__(self, ec: ml_collections.ConfigDict, frozen: FrozenModel, *, image_size: int,
-                 ablations: bool, ablation_label: str | None, keep_label: bool = False):
+                 ablations: bool, ablation_label: str | None, keep_label: bool = False,
+                 extra_labels: Sequence[str] = ()):
         if "text" not in frozen.modalities:
             raise ValueError("eval protocol 'retrieval' needs a model with a text branch")
         self.ec, self.frozen, self.ablations = ec, frozen, ablations
@@ -141,9 +145,11 @@ class RetrievalEval:
         self.captions, self.owners = caption_table(source)
         labelled = (ablations or keep_label) and ablation_label in _features_of(source)
         self.label_key = ablation_label if labelled else None
+        fields = _features_of(source)
+        # Label fields kept with the features (the ablations' and eval.counterfactual's).
+        self.labels = tuple(dict.fromkeys([k for k in (self.label_key, *extra_labels) if k and k in fields]))
         self.images = ImageSet(source, image_size=image_size, batch_size=ec.batch_size,
-                               center_crop_fraction=ec.center_crop_fraction,
-                               keep=(self.label_key,) if self.label_key else (), cache_mb=ec.cache_mb,
+                               center_crop_fraction=ec.center_crop_fraction, keep=self.labels, cache_mb=ec.cache_mb,
                                name=f"{self.prefix} {ec.split}")
         first = np.r_[0, np.flatnonzero(np.diff(self.owners)) + 1]  # each image's first caption
         self.first_caption = self.captions[first]
@@ -290,6 +296,97 @@ class RobustnessEval:
         return out
 
 
+def check_counterfactual(cc: ml_collections.ConfigDict | None, modalities: set, protocols: Sequence[str]) -> bool:
+    """``config.eval.counterfactual``: whether it is on; a :class:`ConfigError` naming the key if it
+    cannot run (unknown modality or kind, no text branch, top_k < 1, nothing evaluated)."""
+    if cc is None or not cc.get("modalities"):
+        return False
+    where = "config.eval.counterfactual"
+    for key, known in (("modalities", counterfactual.MODALITIES), ("kinds", counterfactual.KINDS)):
+        values = cc.get(key) or ()
+        if isinstance(values, str) or not values:
+            raise ConfigError(f"{where}.{key} must be a non-empty tuple of {list(known)}, got {values!r}")
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}.{key}: unknown {unknown}; known: {list(known)}")
+    if not {"image", "text"} <= set(modalities):
+        raise ConfigError(f"{where} needs an image+caption model (an image and a text view); it has "
+                          f"{sorted(modalities)}")
+    top_k = cc.get("top_k", 10)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"{where}.top_k must be an int >= 1, got {top_k!r}")
+    if not protocols:
+        raise ConfigError(f"{where} is on but config.eval.protocols is empty, so nothing is evaluated; add one "
+                          "(e.g. 'retrieval')")
+    return True
+
+
+class CounterfactualEval:
+    """Counterfactual modality contribution on the retrieval split (``config.eval.counterfactual``):
+    :func:`~mmssl_jax.evaluation.counterfactual.contributions` with the probe and class prototypes
+    fit on a seeded half of each class of the split (``stratified_halves``), read on the other
+    half. The missing image is the all-zero (black) image ``modality_dropout`` feeds the encoder;
+    the missing caption the zero sentence embedding. Metrics: ``eval/<dataset>/counterfactual/<modality>/<kind>/<stat>`` (the
+    :data:`~mmssl_jax.evaluation.counterfactual.STATS`) and ``.../clean/<stat>``; :meth:`write`
+    puts the per-class, per-sample and top-k tables in ``counterfactual.json`` and ``.md``."""
+
+    def __init__(self, cc: ml_collections.ConfigDict, frozen: FrozenModel, retrieval: RetrievalEval, *,
+                 label_key: str, image_size: int, probe_iters: int):
+        check_counterfactual(cc, frozen.modalities, ("retrieval",))
+        if label_key not in retrieval.labels:
+            raise ConfigError(f"config.eval.counterfactual: the retrieval split {retrieval.prefix} has no "
+                              f"{label_key!r} field for the fused probe; set config.eval.counterfactual.label_key")
+        self.cc, self.frozen, self.retrieval, self.label_key = cc, frozen, retrieval, label_key
+        self.image_size, self.probe_iters, self.seed = image_size, probe_iters, int(cc.get("seed", 0))
+        self.class_names = _class_names(retrieval.ec, label_key)
+        self.last: dict | None = None
+
+    def run(self, params, batch_stats) -> dict[str, float]:
+        variables = model_variables(params, batch_stats)
+        ret = self.retrieval
+        feats = ret.images.features(self.frozen, variables)
+        if len(feats["index"]) != len(ret.images):
+            raise ValueError(f"{ret.prefix}: {len(ret.images) - len(feats['index'])} images could not be decoded")
+        labels = feats[self.label_key].astype(np.int64)
+        text_z = self.frozen.texts(variables, ret.first_caption)
+        blank_text = self.frozen.texts(variables, np.zeros((1, ret.first_caption.shape[1]), np.float32))
+        black = np.zeros((jax.local_device_count(), self.image_size, self.image_size, 3), np.uint8)
+        blank_h, blank_z = self.frozen(variables, black, "image")
+        train, test = counterfactual.stratified_halves(labels, self.seed)
+        num_classes = len(self.class_names) if self.class_names else None
+        result = counterfactual.contributions(
+            feats["h"], feats["z"], text_z, labels, train=train, test=test, removed_image_h=blank_h[0],
+            removed_image_z=blank_z[0], removed_text_z=blank_text[0], modalities=tuple(self.cc.modalities),
+            kinds=tuple(self.cc.kinds), num_classes=num_classes, seed=self.seed, probe_iters=self.probe_iters)
+        self.last = counterfactual.report(result, k=int(self.cc.top_k), class_names=self.class_names)
+        prefix = f"eval/{ret.prefix}/counterfactual"
+        return {f"{prefix}/{name}/{stat}": value
+                for name, stats in self.last["overall"].items() for stat, value in stats.items()}
+
+    def write(self, workdir: str | Path, step: int) -> None:
+        """``counterfactual.json`` (summary, per class, top-k, every sample) and ``counterfactual.md``
+        (the tables) in ``workdir``, of the last :meth:`run`."""
+        import json
+
+        if self.last is None:
+            return
+        workdir = Path(workdir)
+        title = f"Counterfactual modality contribution: {self.retrieval.prefix} ({self.label_key!r} probe), step {step}"
+        reporting.write_text(workdir / "counterfactual.json", json.dumps({"step": step, **self.last}))
+        reporting.write_text(workdir / "counterfactual.md", counterfactual.markdown(self.last, title))
+
+
+def _class_names(ec: ml_collections.ConfigDict, key: str) -> tuple[str, ...] | None:
+    """The class names of a prepared dataset's label feature, else None (classes shown as numbers)."""
+    from mmssl_jax.data import builders
+
+    try:
+        names = builders.open_builder(str(ec.dataset), ec.data_dir or None).info.features[key].names
+        return tuple(str(n) for n in names) or None
+    except Exception:  # noqa: BLE001 - a path, or a label without names
+        return None
+
+
 def _append(curves, prefix: str, mode: str, metric: str, value: float) -> None:
     curves.setdefault(prefix, {}).setdefault(mode, {}).setdefault(metric, []).append(float(value))
 
@@ -349,18 +446,25 @@ class Evaluation:
                                                 text_model=text_model)
             self.evaluators.append(classification)
         wants_captions = set(corruptions) & set(robustness.CAPTION_CORRUPTIONS)
-        if "retrieval" in protocols or (wants_captions and "text" in self.frozen.modalities):
+        cc = ec.get("counterfactual")
+        wants_counterfactual = check_counterfactual(cc, self.frozen.modalities, protocols)
+        cf_label = (cc.get("label_key") or ec.classification.label_key) if wants_counterfactual else None
+        if "retrieval" in protocols or ((wants_captions or wants_counterfactual) and "text" in self.frozen.modalities):
             ret_ec = _with(ec.retrieval, dataset=ec.retrieval.dataset or config.input.name,
                            data_dir=ec.retrieval.data_dir or data_dir, batch_size=ec.batch_size,
                            cache_mb=ec.cache_mb, probe_iters=ec.probe_iters,
                            center_crop_fraction=ec.center_crop_fraction)
             retrieval = RetrievalEval(ret_ec, self.frozen, image_size=image_size, ablations=ec.ablations,
-                                      ablation_label=ec.classification.label_key, keep_label=bool(wants_captions))
+                                      ablation_label=ec.classification.label_key, keep_label=bool(wants_captions),
+                                      extra_labels=(cf_label,) if cf_label else ())
             if "retrieval" in protocols:
                 self.evaluators.append(retrieval)
         if corruptions:  # after the others: their cached images are shared
             self.evaluators.append(RobustnessEval(rc, self.frozen, classification=classification, retrieval=retrieval,
                                                   probe_iters=ec.probe_iters, knn_k=int(tuple(ec.knn_k)[0])))
+        if wants_counterfactual:
+            self.evaluators.append(CounterfactualEval(cc, self.frozen, retrieval, label_key=cf_label,
+                                                      image_size=image_size, probe_iters=ec.probe_iters))
 
     def run(self, params, batch_stats) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -370,6 +474,12 @@ class Evaluation:
         if self.evaluators:
             metrics["eval/seconds"] = time.perf_counter() - start
         return metrics
+
+    def write(self, workdir: str | Path, step: int) -> None:
+        """The files of evaluators that write more than scalars (``counterfactual.json``/``.md``)."""
+        for evaluator in self.evaluators:
+            if hasattr(evaluator, "write"):
+                evaluator.write(workdir, step)
 
 
 def _with(cd: ml_collections.ConfigDict, **kwargs) -> ml_collections.ConfigDict:
