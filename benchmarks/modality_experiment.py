@@ -9,8 +9,8 @@ between a third view and the caption embedding) is trained on the same images wi
   its captions (the others train the image terms only; partially paired training);
 * ``modality_dropout.text`` in 0, 0.3, 0.6: a fresh share of the captions is dropped at every step;
 
-every combination (``--fractions`` x ``--dropouts``), with the same encoder, views, batch, steps
-and optimizer. Each checkpoint is then evaluated (``config.eval.robustness``) with:
+every combination (``--fractions`` x ``--dropouts``; or the pairs ``--runs=1:0,0.2:0,1:0.6``, e.g.
+one factor at a time), with the same encoder, views, batch, steps and optimizer. Each checkpoint is then evaluated (``config.eval.robustness``) with:
 
 * clean scores: linear probe and kNN on the frozen image encoder (CIFAR-10 for ``flickr8k``),
   image<->text retrieval R@1/5 on the held-out captioned split (Flickr8k dev);
@@ -337,7 +337,8 @@ def plot(report: dict, path: Path) -> None:
 
     args = report["args"]
     rates = args["rates"]
-    fractions, dropouts = args["fractions"], args["dropouts"]
+    grid = [(r["fraction"], r["dropout"]) for r in report["runs"].values()]
+    fractions, dropouts = sorted({f for f, _ in grid}, reverse=True), sorted({d for _, d in grid})
     colours = {f: plt.cm.viridis(i / max(len(fractions) - 1, 1)) for i, f in enumerate(fractions)}
     styles = dict(zip(dropouts, ["-", "--", ":", "-."] * 4))
     fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
@@ -346,9 +347,9 @@ def plot(report: dict, path: Path) -> None:
         if mode.startswith("clean"):
             col = "probe top-1" if mode == "clean_probe" else "i2t R@1"
             for d in dropouts:
-                names = [run_name(f, d) for f in fractions]
-                ys = [report["runs"][n]["aggregate"]["clean"][col] for n in names]
-                ax.errorbar([100 * f for f in fractions], [100 * m for m, _ in ys], yerr=[100 * sd for _, sd in ys],
+                fs = [f for f in fractions if (f, d) in grid]
+                ys = [report["runs"][run_name(f, d)]["aggregate"]["clean"][col] for f in fs]
+                ax.errorbar([100 * f for f in fs], [100 * m for m, _ in ys], yerr=[100 * sd for _, sd in ys],
                             ls=styles[d], marker="o", color="k", capsize=3, label=f"text dropout {d:g}")
             ax.set_xscale("log")
             ax.set_xticks([100 * f for f in fractions], [f"{100 * f:g}%" for f in fractions])
@@ -358,12 +359,11 @@ def plot(report: dict, path: Path) -> None:
             ax.legend(fontsize=7)
         else:
             metric = headline(mode)
-            for f in fractions:
-                for d in dropouts:
-                    curve = report["runs"][run_name(f, d)]["aggregate"]["curves"].get(mode, {}).get(metric)
-                    if curve:
-                        ax.plot(rates, [100 * v for v in curve[0]], ls=styles[d], color=colours[f], marker=".",
-                                label=f"{100 * f:g}% captioned, drop {d:g}")
+            for f, d in grid:
+                curve = report["runs"][run_name(f, d)]["aggregate"]["curves"].get(mode, {}).get(metric)
+                if curve:
+                    ax.plot(rates, [100 * v for v in curve[0]], ls=styles[d], color=colours[f], marker=".",
+                            label=f"{100 * f:g}% captioned, drop {d:g}")
             ax.set_xlabel("corruption rate" if mode in CAPTION else "severity")
             ax.set_title(f"{mode}: {'retrieval R@1' if metric == 'R@1' else 'probe top-1'}", fontsize=10)
         ax.set_ylabel("%")
@@ -398,6 +398,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--fractions", default="1,0.5,0.2,0.05", help="input.caption_fraction values")
     parser.add_argument("--dropouts", default="0,0.3,0.6", help="modality_dropout.text values")
+    parser.add_argument("--runs", default="", help="fraction:dropout pairs instead of the grid, e.g. 1:0,0.2:0.6")
     parser.add_argument("--rates", default=",".join(f"{0.1 * i:.1f}" for i in range(11)), help="corruption rates")
     parser.add_argument("--max_train", type=int, default=10_000, help="probe training images (0: all)")
     parser.add_argument("--max_test", type=int, default=0, help="first N images of the probe test and retrieval "
@@ -410,8 +411,6 @@ def main(argv=None) -> None:
     args.fractions = _floats(args.fractions, "fractions", parser)
     args.dropouts = _floats(args.dropouts, "dropouts", parser)
     args.rates = _floats(args.rates, "rates", parser)
-    if not all(0 < f <= 1 for f in args.fractions) or not all(0 <= d < 1 for d in args.dropouts):
-        parser.error("--fractions must be in (0, 1] and --dropouts in [0, 1)")
 
     from mmssl_jax.tf_compat import import_tensorflow
 
@@ -429,6 +428,13 @@ def main(argv=None) -> None:
               "machine": f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s), {platform.node()}",
               "optimizer": f"{opt.name.upper()} {opt.learning_rate}"}
     grid = [(f, d) for f in args.fractions for d in args.dropouts]
+    if args.runs:
+        try:
+            grid = [(float(f), float(d)) for f, d in (pair.split(":") for pair in args.runs.split(",") if pair.strip())]
+        except ValueError:
+            parser.error(f"--runs must be fraction:dropout pairs, e.g. 1:0,0.2:0.6; got {args.runs!r}")
+    if not all(0 < f <= 1 and 0 <= d < 1 for f, d in grid):
+        parser.error("caption fractions must be in (0, 1] and dropouts in [0, 1)")
     ref = (1.0, 0.0) if (1.0, 0.0) in grid else grid[0]
     report["reference"] = run_name(*ref)
     for fraction, dropout in sorted(grid, key=lambda g: g != ref):  # the reference first
