@@ -26,8 +26,8 @@ Usage::
 
     # Smoke run on the embedded data (prepared on first use; probe: the shapes' shape label).
     python benchmarks/modality_experiment.py --data=embedded --steps=20 --rates=0,0.5,1 \
-        --fractions=1,0.2 --dropouts=0,0.6 --batch_size=32 --width=8 --max_train=1000 \
-        --max_test=500 --workdir=/tmp/captionless/work --out=/tmp/captionless/results
+        --runs=1:0,0.2:0.6 --batch_size=32 --image_size=16 --width=4 --max_train=500 \
+        --max_test=200 --probe_iters=50 --workdir=/tmp/modality_smoke --out=/tmp/modality_smoke
     # The experiment: Flickr8k train images + captions; CIFAR-10 probe; Flickr8k dev retrieval.
     # Prepare first (D: a tfds data dir; DATA: ../shared/data):
     python -m mmssl_jax.data.prepare flickr8k_embedded --manual_dir=DATA/flickr8k --data_dir=D
