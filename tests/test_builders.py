@@ -216,6 +216,65 @@ def test_coco_format_single_file_with_split_fields(tmp_path, encoder):
     assert record["file_name"] == b"img2.jpg"
 
 
+def write_captions_json(root: Path, splits: dict[str, int], captionless: set[int], size=(40, 30)) -> dict[int, str]:
+    """A Flickr8k-style folder (one COCO-format captions.json, images/): ``splits[name]`` images
+    per split, numbered in order; the images in ``captionless`` have no annotation. Returns id -> split."""
+    (root / "images").mkdir(parents=True)
+    images, annotations, split_of = [], [], {}
+    for split, count in splits.items():
+        for _ in range(count):
+            image_id = len(split_of)
+            split_of[image_id] = split
+            (root / "images" / f"img{image_id}.jpg").write_bytes(jpeg(image_id, size=size))
+            images.append({"id": image_id, "file_name": f"img{image_id}.jpg", "split": split})
+            if image_id not in captionless:
+                annotations += [{"id": 10 * image_id + k, "image_id": image_id,
+                                 "caption": f"photo {image_id} caption {k}"} for k in range(2)]
+    (root / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    return split_of
+
+
+def test_caption_less_images_are_kept_with_zero_captions_only_when_asked(tmp_path, encoder):
+    """The default config skips an image without captions (counted); ``keep_captionless`` (config
+    ``+captionless``, version 1.1.0, beside the default one) keeps it in its split with zero
+    captions, which the pipeline masks (``has_text`` false) or skips."""
+    from mmssl_jax.data import pipeline
+
+    split_of = write_captions_json(tmp_path / "src", {"train": 6, "dev": 2, "none": 2}, captionless={1, 4, 8})
+    data_dir = tmp_path / "tfds"
+    plain = builders.prepare("flickr8k_embedded", data_dir=data_dir, manual_dir=tmp_path / "src", text_encoder=encoder)
+    assert plain.splits == {"dev": 2, "train": 4, "unsplit": 1} and plain.captionless == {}
+    assert plain.skipped == {"dev": {}, "train": {"no captions": 2}, "unsplit": {"no captions": 1}}
+    kept = builders.prepare("flickr8k_embedded", data_dir=data_dir, manual_dir=tmp_path / "src", text_encoder=encoder,
+                            keep_captionless=True)
+    assert kept.name == "flickr8k_embedded/all-minilm-l6-v2+captionless" and kept.path.endswith("/1.1.0")
+    assert kept.splits == {"dev": 2, "train": 6, "unsplit": 2} and kept.skipped == {"dev": {}, "train": {}, "unsplit": {}}
+    assert kept.captionless == {"dev": 0, "train": 2, "unsplit": 1} and "mask" in kept.summary()
+    for split in ("train", "unsplit"):
+        source = builders.load_source(kept.name, split, data_dir=data_dir)
+        for record in (source[i] for i in range(len(source))):
+            image_id = int(record["image_id"])
+            assert split_of[image_id] == {"unsplit": "none"}.get(split, split)
+            if image_id in (1, 4, 8):
+                assert len(record["captions"]) == 0 and record["caption_embeddings"].shape == (0, 384)
+            else:
+                assert text(record["captions"]) == [f"photo {image_id} caption {k}" for k in range(2)]
+                assert_embeddings_match(record, encoder)
+    train = builders.load_source("flickr8k_embedded/all-minilm-l6-v2+captionless", "train", data_dir=data_dir)
+    batches = lambda mode: list(pipeline.train_dataset(  # noqa: E731
+        train, batch_size=2, seed=0, image_views={}, text_views=("text",), keep=("image_id",),
+        missing_captions=mode, num_epochs=1))
+    masked = {int(i): bool(t) for b in batches("mask") for i, t in zip(b["image_id"], b["has_text"])}
+    assert masked == {i: i not in (1, 4) for i in range(6)}
+    assert sorted(int(i) for b in batches("skip") for i in b["image_id"]) == [0, 2, 3, 5]
+    # The default config is unchanged and still loads; a +captionless config not prepared says how.
+    assert len(builders.load_source("flickr8k_embedded", "train", data_dir=data_dir)) == 4
+    with pytest.raises(builders.DatasetNotPreparedError, match="coco_captions_embedded .*--keep_captionless"):
+        builders.load_source("coco_captions_embedded/all-minilm-l6-v2+captionless", "train", data_dir=data_dir)
+    with pytest.raises(ValueError, match="keep_captionless applies to the captioned builders"):
+        builders.prepare("cifar10_npz", data_dir=data_dir, manual_dir=tmp_path, keep_captionless=True)
+
+
 def test_coco_layout_errors_say_what_is_expected(tmp_path):
     with pytest.raises(builders.LayoutError, match="captions_<split><year>.json"):
         builders.read_coco_layout(tmp_path)

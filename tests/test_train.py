@@ -519,13 +519,25 @@ def test_method_loss_masks_the_terms_that_read_a_partial_view():
         objectives.method_loss(z, scalars, terms, where={"text": has_text})
 
 
-def test_partially_paired_training_on_the_embedded_data(data_dir, tmp_path):
-    """BERTSimCLR with 3 of 4 images' captions hidden: the step trains the image-text terms on the
-    batch's captioned images (their logged share is the pipeline's ``has_text``); a loss without
-    a mask on the text view is refused before training."""
-    from mmssl_jax.data import inputs
+def test_partially_paired_training_on_a_dataset_with_caption_less_images(tmp_path):
+    """BERTSimCLR on a real-format dataset whose train split keeps 6 of its 20 images without
+    captions (prepared with ``keep_captionless``; ``input.missing_captions=mask``) and with 3 of
+    4 of the others' captions hidden (``caption_fraction``): the step trains the image terms on
+    every image and the image-text terms on the batch's captioned ones (their logged share is the
+    pipeline's ``has_text``); a loss without a mask on the text view, and retrieval on a split
+    with caption-less images, are refused before training."""
+    from mmssl_jax import evaluation, sharding
+    from mmssl_jax.data import builders, inputs
+    from mmssl_jax.models import build_model
+    from tests.test_builders import write_captions_json
 
-    config = tiny(load_config("bert_simclr"), data_dir, steps=2)
+    write_captions_json(tmp_path / "src", {"train": 20, "dev": 4}, {1, 4, 7, 10, 13, 16}, size=(24, 24))
+    prepared = builders.prepare("flickr8k_embedded", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "src",
+                                keep_captionless=True)
+    assert prepared.captionless == {"dev": 0, "train": 6}
+    config = tiny(load_config("bert_simclr"), str(tmp_path / "tfds"), steps=2)
+    config.input.name = prepared.name
+    config.input.missing_captions = "mask"
     config.input.caption_fraction = 0.25
     summary = train.train_and_evaluate(config, tmp_path / "quarter")
     history = json.loads((tmp_path / "quarter" / "history.json").read_text())
@@ -535,9 +547,13 @@ def test_partially_paired_training_on_the_embedded_data(data_dir, tmp_path):
     assert 0 < np.mean(shares) < 0.5 and all(np.isfinite(m["loss"]) for _, m in history)
     assert summary["loss/clip/image-text"] > 0 and summary["loss/nt_xent/image1-image2"] > 0
     card = (tmp_path / "quarter" / "recipe.md").read_text()
-    assert ("| partially paired | 25% of the images keep their captions (seeded, fixed); caption-less samples leave "
-            "clip/image-text |") in card
+    assert ("| partially paired | 25% of the images keep their captions (seeded, fixed); stored images without "
+            "captions kept; caption-less samples leave clip/image-text |") in card
 
+    config.eval.protocols = ("retrieval",)
+    config.eval.retrieval.split = "train"
+    with pytest.raises(ValueError, match=r"train: 6 of its 20 images have no captions .*retrieval needs every image"):
+        evaluation.Evaluation(config, build_model(config), sharding.make_mesh())
     config.loss_terms = [dict(t) for t in config.loss_terms] + [cb.term("image1", "text", "vicreg")]
     with pytest.raises(train.ConfigError, match=r"loss_terms\[2\]: vicreg on a text view, but some samples have no caption"):
         train.train_and_evaluate(config, tmp_path / "bad")

@@ -8,6 +8,7 @@ Examples::
     python -m mmssl_jax.data.prepare mmssl_shapes --num_train=256 --num_test=64 --data_dir=/tmp/tiny
     python -m mmssl_jax.data.prepare coco_captions_embedded --manual_dir=/data/coco
     python -m mmssl_jax.data.prepare flickr8k_embedded --manual_dir=/data/flickr8k
+    python -m mmssl_jax.data.prepare flickr8k_embedded --manual_dir=/data/flickr8k --keep_captionless
     python -m mmssl_jax.data.prepare captioned_folder --manual_dir=/data/pets --config=pets
     python -m mmssl_jax.data.prepare image_folder_classification --manual_dir=/data/flowers
     python -m mmssl_jax.data.prepare cifar10_npz --manual_dir=/data/cifar10_npz
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_train", type=int, default=None, help="mmssl_shapes: train examples (default 10000)")
     parser.add_argument("--num_test", type=int, default=None, help="mmssl_shapes: test examples (default 2000)")
     parser.add_argument("--image_size", type=int, default=None, help="mmssl_shapes: image side in pixels (default 64)")
+    parser.add_argument(
+        "--keep_captionless",
+        action="store_true",
+        help="captioned builders: keep images without captions as records with zero captions (config "
+        "<name>+captionless; train on them with --config.input.missing_captions=mask)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="prepare again even if already prepared")
     parser.add_argument("--list", action="store_true", help="list the builders and their manual_dir layouts")
     return parser
@@ -93,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_train=args.num_train,
             num_test=args.num_test,
             overwrite=args.overwrite,
+            keep_captionless=args.keep_captionless,
             **kwargs,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -143,6 +143,12 @@ class RetrievalEval:
         self.prefix = ec.get("name") or dataset_prefix(str(ec.dataset))
         source = _load(ec.dataset, ec.split, ec.data_dir)
         self.captions, self.owners = caption_table(source)
+        uncaptioned = np.flatnonzero(np.bincount(self.owners, minlength=len(source)) == 0)
+        if len(uncaptioned):
+            raise ValueError(
+                f"{self.prefix} {ec.split}: {len(uncaptioned)} of its {len(source)} images have no captions (records "
+                f"{uncaptioned[:5].tolist()}...); image-text retrieval needs every image captioned: evaluate on a split "
+                f"without caption-less images (a dataset prepared without --keep_captionless keeps none)")
         labelled = (ablations or keep_label) and ablation_label in _features_of(source)
         self.label_key = ablation_label if labelled else None
         fields = _features_of(source)

@@ -20,7 +20,8 @@ captioned ones store, per image: ``image`` (encoded; JPEG for photos, PNG for th
 ``image_id`` (int64), ``captions`` (all of them) and ``caption_embeddings`` (``float16
 [num_captions, dim]``, one row per caption, from :class:`mmssl_jax.text.SentenceEncoder`);
 their config is named after the text model (``all-minilm-l6-v2``), so another model is another
-config directory.
+config directory. An image without captions is skipped, unless prepared with ``keep_captionless``
+(config ``<name>+captionless``): then it is a record with zero captions.
 
 Prepare from the shell (``python -m mmssl_jax.data.prepare NAME [--data_dir=...]
 [--manual_dir=...]``) or from Python::

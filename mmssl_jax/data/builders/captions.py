@@ -7,9 +7,16 @@
 
 Each stores, per image: ``image`` (the JPEG bytes, re-encoded only if they are not an RGB
 JPEG), ``image_id``, ``file_name``, every ``captions`` and their ``caption_embeddings``
-(``float16 [num_captions, dim]``). A missing, corrupt or captionless image is skipped with a
-counted warning; the counts per split end up in ``info.metadata["skipped"]`` and in what
+(``float16 [num_captions, dim]``). A missing or corrupt image is skipped with a counted
+warning; the counts per split end up in ``info.metadata["skipped"]`` and in what
 :func:`mmssl_jax.data.builders.prepare` returns.
+
+An image without captions is skipped too (``"no captions"``), unless the config keeps it
+(``keep_captionless``, config ``<name>+captionless``, ``prepare --keep_captionless``): then it is
+a record with zero captions (``captions == []``, ``caption_embeddings`` ``[0, dim]``), which
+the trainer skips by default and trains on the image-only loss terms with
+``input.missing_captions="mask"``. It stays in the split its source gives it; per split, the
+number kept so is ``info.metadata["captionless"]``.
 """
 
 from __future__ import annotations
@@ -173,9 +180,13 @@ def read_jsonl_layout(root: str | Path) -> dict[str, list[CaptionedImage]]:
 
 
 def captions_config(
-    text_model: str = common.DEFAULT_TEXT_MODEL, text_dim: int | None = None, tag: str | None = None
+    text_model: str = common.DEFAULT_TEXT_MODEL,
+    text_dim: int | None = None,
+    tag: str | None = None,
+    keep_captionless: bool = False,
 ) -> common.TextConfig:
-    """The config of a text model (named after it, or ``<tag>-<model>`` for a tagged folder)."""
+    """The config of a text model (named after it, or ``<tag>-<model>`` for a tagged folder;
+    ``+captionless`` appended when it keeps the images without captions)."""
     if text_dim is None:
         if common.model_slug(text_model) == common.model_slug(common.DEFAULT_TEXT_MODEL):
             text_dim = common.DEFAULT_TEXT_DIM
@@ -184,14 +195,29 @@ def captions_config(
     name = common.model_slug(text_model)
     if tag:
         name = f"{common.tag_slug(tag)}-{name}"
+    description = f"Captions embedded with {text_model}."
+    if keep_captionless:
+        name += common.CAPTIONLESS_SUFFIX
+        description += " Images without captions are kept, with zero captions."
     return common.TextConfig(
-        name=name, description=f"Captions embedded with {text_model}.", text_model=text_model, text_dim=text_dim
+        name=name,
+        description=description,
+        text_model=text_model,
+        text_dim=text_dim,
+        keep_captionless=keep_captionless,
     )
 
 
 class _CaptionedImages(common.MmsslBuilder, skip_registration=True):
     """Shared body: images and captions from a layout reader, embeddings, skipped counts."""
 
+    VERSION = tfds.core.Version("1.1.0")
+    SUPPORTED_VERSIONS = [tfds.core.Version("1.0.0")]  # the default configs' data is unchanged: still readable
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Configs <name>+captionless (prepare --keep_captionless) keep images without captions as "
+        "records with zero captions; the other configs' records are unchanged.",
+    }
     DESCRIPTION = ""
     HOMEPAGE = ""
     CITATION = ""
@@ -217,7 +243,11 @@ class _CaptionedImages(common.MmsslBuilder, skip_registration=True):
             disable_shuffling=True,
             homepage=self.HOMEPAGE or None,
             citation=self.CITATION or None,
-            metadata=tfds.core.MetadataDict(text_model=config.text_model, text_dim=config.text_dim),
+            metadata=tfds.core.MetadataDict(
+                text_model=config.text_model,
+                text_dim=config.text_dim,
+                keep_captionless=bool(getattr(config, "keep_captionless", False)),
+            ),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
@@ -229,21 +259,23 @@ class _CaptionedImages(common.MmsslBuilder, skip_registration=True):
 
     def _generate_examples(self, split: str, images: list[CaptionedImage]):
         skipped = common.SkipCounter(f"{self.name} {split}")
-        with_captions = []
+        keep_captionless = bool(getattr(self.builder_config, "keep_captionless", False))
+        usable = []
         for image in images:
-            if image.captions:
-                with_captions.append(image)
+            if image.captions or keep_captionless:
+                usable.append(image)
             else:
                 skipped.skip(image.file_name, "no captions")
         table = common.embed_captions(
-            [i.captions for i in with_captions], self.text_encoder(), desc=f"for {self.name} {split}"
+            [i.captions for i in usable], self.text_encoder(), desc=f"for {self.name} {split}"
         )
-        kept = 0
-        for image, data in zip(with_captions, common.read_images([i.path for i in with_captions]), strict=True):
+        kept = captionless = 0
+        for image, data in zip(usable, common.read_images([i.path for i in usable]), strict=True):
             if isinstance(data, common.BadImageError):
                 skipped.skip(image.file_name, str(data))
                 continue
             kept += 1
+            captionless += not image.captions
             yield (
                 image.image_id,
                 {
@@ -255,6 +287,9 @@ class _CaptionedImages(common.MmsslBuilder, skip_registration=True):
                 },
             )
         self.record_skipped(split, skipped, kept)
+        if keep_captionless:
+            self.info.metadata.setdefault("captionless", {})[split] = captionless
+            _log.info("%s %s: %d of the %d images kept have no captions", self.name, split, captionless, kept)
 
 
 _COCO_INSTRUCTIONS = """\
@@ -269,7 +304,7 @@ field; annotations with 'image_id' and 'caption') next to an images/ folder."""
 class CocoCaptionsEmbedded(_CaptionedImages):
     """MS-COCO captions (5-7 per image) with their sentence embeddings."""
 
-    BUILDER_CONFIGS = [captions_config()]
+    BUILDER_CONFIGS = [captions_config(), captions_config(keep_captionless=True)]
     MANUAL_DOWNLOAD_INSTRUCTIONS = _COCO_INSTRUCTIONS
     PREPARE_FLAGS = {"manual_dir": "/path/to/coco"}
     DESCRIPTION = "MS-COCO images with every caption and its sentence embedding (read from a local copy)."
@@ -287,10 +322,11 @@ class Flickr8kEmbedded(CocoCaptionsEmbedded):
     """Flickr8k (5 captions per image) in COCO format, with sentence embeddings.
 
     Splits come from each image's ``split`` field (Flickr8k: ``train``, ``dev``, ``test``, and
-    ``unsplit`` for images in no list).
+    ``unsplit`` for images in no list; the unsplit ones are in no evaluation list, so training
+    may add them: ``input.split="train+unsplit"``).
     """
 
-    BUILDER_CONFIGS = [captions_config()]
+    BUILDER_CONFIGS = [captions_config(), captions_config(keep_captionless=True)]
     PREPARE_FLAGS = {"manual_dir": "/path/to/flickr8k"}
     DESCRIPTION = "Flickr8k images with their 5 captions and sentence embeddings (COCO-format local copy)."
     HOMEPAGE = "https://doi.org/10.1613/jair.3994"
@@ -325,6 +361,7 @@ captions.jsonl without split fields is the train split)."""
             manual_dir="/path/to/folder",
             config=tag,
             text_model=getattr(config, "text_model", None),
+            keep_captionless=bool(getattr(config, "keep_captionless", False)),
         )
 
     def read_layout(self, root: Path) -> dict[str, list[CaptionedImage]]:
@@ -332,6 +369,7 @@ captions.jsonl without split fields is the train split)."""
 
 
 def tag_of(config_name: str, text_model: str) -> str:
-    """The folder tag of a ``captioned_folder`` config name (``"pets-all-minilm-l6-v2"`` -> ``"pets"``)."""
+    """The folder tag of a ``captioned_folder`` config name (``"pets-all-minilm-l6-v2"`` and
+    ``"pets-all-minilm-l6-v2+captionless"`` -> ``"pets"``)."""
     suffix = "-" + common.model_slug(text_model)
-    return re.sub(re.escape(suffix) + "$", "", config_name)
+    return re.sub(re.escape(suffix) + "$", "", config_name.removesuffix(common.CAPTIONLESS_SUFFIX))

@@ -45,6 +45,10 @@ RELEASE_NOTES = {"1.0.0": "Initial release."}
 PREPARE_MODULE = "mmssl_jax.data.prepare"
 """The prepare command line: ``python -m mmssl_jax.data.prepare NAME ...``."""
 
+CAPTIONLESS_SUFFIX = "+captionless"
+"""Config-name suffix of the captioned builders' configs that keep caption-less images
+(``flickr8k_embedded/all-minilm-l6-v2+captionless``; prepare with ``--keep_captionless``)."""
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 """File suffixes read as images by the folder builders."""
 
@@ -100,11 +104,14 @@ def prepare_command(
     manual_dir: str | None = None,
     text_model: str | None = None,
     config: str | None = None,
+    keep_captionless: bool = False,
 ) -> str:
     """The exact shell command that prepares ``name`` (flags only where they are needed)."""
     parts = ["python", "-m", PREPARE_MODULE, name]
     if config:
         parts.append(f"--config={config}")
+    if keep_captionless:
+        parts.append("--keep_captionless")
     if data_dir is not None:
         parts.append(f"--data_dir={default_data_dir(data_dir)}")
     if manual_dir is not None:
@@ -124,10 +131,14 @@ class TextConfig(tfds.core.BuilderConfig):
     Attributes:
       text_model: a :meth:`mmssl_jax.text.SentenceEncoder.from_pretrained` name or directory.
       text_dim: its embedding width (the ``caption_embeddings`` feature is ``[None, text_dim]``).
+      keep_captionless: the captioned builders keep an image without captions as a record with
+        zero captions (``captions`` empty, ``caption_embeddings`` ``[0, text_dim]``) instead of
+        skipping it; the config's name ends in :data:`CAPTIONLESS_SUFFIX`.
     """
 
     text_model: str = DEFAULT_TEXT_MODEL
     text_dim: int = DEFAULT_TEXT_DIM
+    keep_captionless: bool = False
 
 
 def caption_features(text_dim: int) -> dict[str, tfds.features.FeatureConnector]:
@@ -352,12 +363,15 @@ class MmsslBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def prepare_hint(self) -> str:
         """The command line that prepares this builder's config in its data dir."""
         config = self.builder_config
-        is_default = config is None or config.name == getattr(self.get_default_builder_config(), "name", None)
+        keep = bool(getattr(config, "keep_captionless", False))
+        name = config.name.removesuffix(CAPTIONLESS_SUFFIX) if keep else getattr(config, "name", None)
+        is_default = config is None or name == getattr(self.get_default_builder_config(), "name", None)
         return prepare_command(
             self.name,
             data_dir=self.data_dir_root,
-            config=None if is_default else config.name,
+            config=None if is_default else name,
             text_model=getattr(config, "text_model", None),
+            keep_captionless=keep,
             **self.PREPARE_FLAGS,
         )
 
@@ -375,6 +389,15 @@ def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
     return (Path(builder.data_dir) / "dataset_info.json").is_file()
 
 
+def other_versions(builder: tfds.core.DatasetBuilder) -> list[str]:
+    """The versions of the builder's config, other than its own, prepared in its data dir (oldest first)."""
+    config_dir = Path(builder.data_dir).parent
+    if not config_dir.is_dir():
+        return []
+    found = [p.name for p in config_dir.iterdir() if p.name != str(builder.version) and (p / "dataset_info.json").is_file()]
+    return sorted(found, key=lambda v: tuple(int(x) if x.isdigit() else 0 for x in v.split(".")))
+
+
 def not_prepared_message(builder: tfds.core.DatasetBuilder) -> str:
     """What to say about a builder whose data is not in its data dir."""
     full = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
@@ -384,6 +407,12 @@ def not_prepared_message(builder: tfds.core.DatasetBuilder) -> str:
         else prepare_command(builder.name, data_dir=builder.data_dir_root)
     )
     message = f"Dataset {full!r} is not prepared in {builder.data_dir_root}. Prepare it with:\n    {hint}"
+    others = other_versions(builder)
+    if others:
+        message += (
+            f"\n(version {builder.version} is asked for; {', '.join(others)} is prepared there: load it as "
+            f"'{full}:{others[-1]}', or prepare this version)"
+        )
     instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
     if instructions:
         message += f"\nwhere --manual_dir holds:\n{instructions.strip()}"

@@ -34,6 +34,7 @@ BUILDERS: dict[str, type[common.MmsslBuilder]] = {
 tfds itself, which downloads it."""
 
 _TAGGED = {captions.CaptionedFolder.name, classification.ImageFolderClassification.name}
+_CAPTIONED = {cls.name for cls in (captions.CocoCaptionsEmbedded, captions.Flickr8kEmbedded, captions.CaptionedFolder)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,8 @@ class PreparedDataset:
       skipped: per split, items skipped by reason (``{"train": {"missing file": 1}}``).
       seconds: time spent preparing (0 when reused).
       reused: whether it was already prepared.
+      captionless: per split, the examples kept without captions (``+captionless`` configs;
+        empty otherwise).
     """
 
     name: str
@@ -57,6 +60,7 @@ class PreparedDataset:
     skipped: dict[str, dict[str, int]]
     seconds: float
     reused: bool
+    captionless: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         """A few lines for a person: what, where, counts, skips, time, how to use it."""
@@ -65,8 +69,13 @@ class PreparedDataset:
         for split, n in self.splits.items():
             skips = self.skipped.get(split) or {}
             extra = f"  (skipped {sum(skips.values())}: {skips})" if skips else ""
+            if split in self.captionless:
+                extra = f", {self.captionless[split]} without captions" + extra
             lines.append(f"  {split}: {n} examples{extra}")
-        lines.append(f"  train with: --config.input.name={self.name} --config.input.data_dir={self.data_dir}")
+        train_with = f"  train with: --config.input.name={self.name} --config.input.data_dir={self.data_dir}"
+        if any(self.captionless.values()):
+            train_with += " --config.input.missing_captions=mask"
+        lines.append(train_with)
         return "\n".join(lines)
 
 
@@ -79,7 +88,7 @@ def _config_arg(cls: type[tfds.core.DatasetBuilder], config: tfds.core.BuilderCo
     """A registered config by name (tfds refuses a custom config named like a registered one)."""
     if config is not None and config.name in cls.builder_configs:
         registered = cls.builder_configs[config.name]
-        for field in ("text_model", "text_dim", "image_size"):
+        for field in ("text_model", "text_dim", "image_size", "keep_captionless"):
             if getattr(registered, field, None) != getattr(config, field, None):
                 raise ValueError(
                     f"{cls.name}/{config.name}: {field}={getattr(config, field)!r} differs from the registered "
@@ -99,12 +108,19 @@ def make_builder(
     image_size: int = embedded.IMAGE_SIZE,
     num_train: int | None = None,
     num_test: int | None = None,
+    keep_captionless: bool = False,
     text_encoder: Any = None,
 ) -> tfds.core.DatasetBuilder:
     """The builder :func:`prepare` runs (arguments as there)."""
     data_dir = common.default_data_dir(data_dir)
     base, name_config = _split_name(name)
     config = config or name_config
+    if config and config.endswith(common.CAPTIONLESS_SUFFIX):  # a +captionless config named in full
+        config, keep_captionless = config.removesuffix(common.CAPTIONLESS_SUFFIX) or None, True
+    if keep_captionless and base not in _CAPTIONED:
+        raise ValueError(
+            f"keep_captionless applies to the captioned builders ({', '.join(sorted(_CAPTIONED))}), not {base}"
+        )
     if base not in BUILDERS:
         if num_train is not None or num_test is not None:
             raise ValueError(f"num_train/num_test only apply to {EMBEDDED_DATASET}, not {base}")
@@ -137,7 +153,7 @@ def make_builder(
         if cls is captions.CaptionedFolder:
             model = common.model_slug(text_model)
             tag = captions.tag_of(config, text_model) if config.endswith("-" + model) else config
-            kwargs["config"] = captions.captions_config(text_model, tag=tag)
+            kwargs["config"] = captions.captions_config(text_model, tag=tag, keep_captionless=keep_captionless)
         else:
             kwargs["config"] = classification.folder_config(config)
     elif cls in (captions.CocoCaptionsEmbedded, captions.Flickr8kEmbedded):
@@ -146,7 +162,7 @@ def make_builder(
             raise ValueError(
                 f"{base}: config {config!r} does not match text_model={text_model!r} (its config: {expected!r})"
             )
-        kwargs["config"] = _config_arg(cls, captions.captions_config(text_model))
+        kwargs["config"] = _config_arg(cls, captions.captions_config(text_model, keep_captionless=keep_captionless))
     elif config:
         raise ValueError(f"{base} has no configs; got {config!r}")
     return cls(**kwargs)
@@ -166,6 +182,7 @@ def _result(builder: tfds.core.DatasetBuilder, seconds: float, reused: bool) -> 
         skipped={split: dict(v) for split, v in dict(metadata.get("skipped", {})).items()},
         seconds=seconds,
         reused=reused,
+        captionless={split: int(n) for split, n in dict(metadata.get("captionless", {})).items()},
     )
 
 
@@ -201,6 +218,7 @@ def prepare(
     num_train: int | None = None,
     num_test: int | None = None,
     overwrite: bool = False,
+    keep_captionless: bool = False,
     text_encoder: Any = None,
 ) -> PreparedDataset:
     """Prepares a dataset in ``data_dir`` (reusing it when already there), as ArrayRecord files.
@@ -215,6 +233,10 @@ def prepare(
       text_model: sentence model of the caption embeddings (a different model is a different config).
       image_size, num_train, num_test: ``mmssl_shapes`` only (sizes default to 10,000 / 2,000).
       overwrite: prepare again even if prepared.
+      keep_captionless: captioned builders only: keep the images without captions as records with
+        zero captions (config ``<name>+captionless``, next to the default config, which skips
+        them); train on them with ``input.missing_captions="mask"``. Also chosen by naming the
+        config in full (``flickr8k_embedded/all-minilm-l6-v2+captionless``).
       text_encoder: an already loaded :class:`mmssl_jax.text.SentenceEncoder` of ``text_model``.
 
     Raises:
@@ -231,6 +253,7 @@ def prepare(
         image_size=image_size,
         num_train=num_train,
         num_test=num_test,
+        keep_captionless=keep_captionless,
         text_encoder=text_encoder,
     )
     if common.is_prepared(builder) and not overwrite:
@@ -308,6 +331,12 @@ def _unknown_message(name: str, data_dir: str) -> str:
     if base in BUILDERS:
         cls = BUILDERS[base]
         flags = dict(cls.PREPARE_FLAGS)
+        keep = bool(config and config.endswith(common.CAPTIONLESS_SUFFIX))
+        if keep:
+            config = config.removesuffix(common.CAPTIONLESS_SUFFIX)
+            flags["keep_captionless"] = True
+            if config == common.model_slug(common.DEFAULT_TEXT_MODEL):
+                config = None
         if (
             cls is captions.CaptionedFolder
             and config
