@@ -3,18 +3,45 @@ is on ``sys.path``)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import platform
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
-import flax
-import jax
-import optax
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_config(name: str, arg: str | None = None):
+    """``configs/<name>.py``'s ``get_config(arg)``, loaded from its file as ``main.py`` would."""
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
+def write_report(out: str | Path, stem: str, report: dict, markdown: Callable[[dict], str],
+                 plot: Callable[[dict, Path], None]) -> None:
+    """``<out>/<stem>.{json,md,png}`` of an experiment's report; prints the Markdown."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / stem
+    path.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    text = markdown(report)
+    path.with_suffix(".md").write_text(text)
+    plot(report, path.with_suffix(".png"))
+    print(text)
 
 
 def device_description() -> dict:
+    # Imported here: the experiment scripts import this module before TensorFlow and JAX are set up.
+    import flax
+    import jax
+    import optax
+
     device = jax.devices()[0]
     cpu_model = ""
     if Path("/proc/cpuinfo").exists():

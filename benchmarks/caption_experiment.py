@@ -32,7 +32,6 @@ Results: ``benchmarks/results/caption_experiment_<data>.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -43,19 +42,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_common import load_config, write_report  # noqa: E402  (benchmarks/ is on sys.path)
+
 RUNS = ("simclr", "bert_simclr_first", "bert_simclr_random")
 PUBLISHED = {  # top-1 linear probe, pretraining on 20% of MS-COCO (the report this project started from)
     "simclr": {"CIFAR-10": 48.8, "CIFAR-100": 17.4},
     "bert_simclr_first": {"CIFAR-10": 60.8, "CIFAR-100": 26.4},
     "bert_simclr_random": {"CIFAR-10": 61.6, "CIFAR-100": 28.7},
 }
-
-
-def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def data_settings(data: str, data_dir: str) -> dict:
@@ -403,13 +397,7 @@ def main(argv=None) -> None:
     report["ordering"] = " > ".join(f"{r} ({100 * top1[r]:.1f}%)" for r in order) + (
         "; the published ordering (random > first > simclr) holds" if order == list(RUNS[::-1])
         else "; the published ordering (random > first > simclr) does NOT hold")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"caption_experiment_{args.data}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    stem.with_suffix(".md").write_text(markdown(report))
-    plot(report, stem.with_suffix(".png"))
-    print(markdown(report))
+    write_report(args.out, f"caption_experiment_{args.data}", report, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ budget) are not run again, so an interrupted benchmark resumes.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -44,7 +43,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import load_config  # noqa: E402
 
 OURS = ("simclr", "moco", "byol", "barlow_twins", "vicreg")
 PEER = ("simclr", "byol")
@@ -85,13 +86,6 @@ NOTES = [
     "step's XLA compilation in its first interval. 's / update (median)' leaves out the first interval "
     "(ours: compile) and any interval with an evaluation in it.",
 ]
-
-
-def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def plan(args) -> dict:

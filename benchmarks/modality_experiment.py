@@ -47,7 +47,6 @@ Results: ``<out>/modality_experiment_<data>.{json,md,png}`` (default ``benchmark
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import sys
@@ -57,17 +56,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_common import load_config, write_report  # noqa: E402  (benchmarks/ is on sys.path)
+
 CAPTION = ("caption_missing", "caption_swapped", "caption_noise")
 IMAGE = ("image_noise", "image_blur", "image_occlusion")
 RETRIEVAL = "retrieval"  # metric prefix of the retrieval split
 PROBE = "probe"  # metric prefix of the probe set
-
-
-def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def data_settings(data: str) -> dict:
@@ -446,13 +440,7 @@ def main(argv=None) -> None:
     add_effective(report)
     report["reading"] = reading(report)
     report["seconds"] = time.time() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"modality_experiment_{args.data}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    stem.with_suffix(".md").write_text(markdown(report))
-    plot(report, stem.with_suffix(".png"))
-    print(markdown(report))
+    write_report(args.out, f"modality_experiment_{args.data}", report, markdown, plot)
 
 
 if __name__ == "__main__":
