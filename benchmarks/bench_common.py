@@ -61,6 +61,15 @@ def device_description() -> dict:
     }
 
 
+def machine_line() -> str:
+    """``"<device kind>, <n> device(s), <host>[, XLA_FLAGS=...]"`` for a report's Machine line (the
+    flags change CPU speed, so a time without them is not comparable)."""
+    import jax
+
+    line = f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s), {platform.node()}"
+    return line + (f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else "")
+
+
 def code_version(repo: Path, paths: tuple[str, ...]) -> dict:
     """The commit measured and which of ``paths`` (the measured code) differ from it."""
     def git(*args):

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_common import load_config, write_report  # noqa: E402  (benchmarks/ is on sys.path)
+from bench_common import load_config, machine_line, write_report  # noqa: E402  (benchmarks/ is on sys.path)
 
 RUNS = ("simclr", "bert_simclr_first", "bert_simclr_random")
 PUBLISHED = {  # top-1 linear probe, pretraining on 20% of MS-COCO (the report this project started from)
@@ -355,7 +353,6 @@ def main(argv=None) -> None:
     from mmssl_jax.tf_compat import import_tensorflow
 
     import_tensorflow()
-    import jax
 
     from mmssl_jax import train
 
@@ -364,8 +361,7 @@ def main(argv=None) -> None:
     reference = load_config("bert_simclr").optimizer
     report = {"data": args.data, "args": vars(args), "settings": settings, "runs": {},
               "command": "python benchmarks/caption_experiment.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s), {platform.node()}"
-                         + (f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else ""),
+              "machine": machine_line(),
               "optimizer": f"{reference.name.upper()} {reference.learning_rate} ({reference.lr_scaling} scaling)"}
     root = Path(args.workdir) / args.data
     report["runs"] = {run: {"seeds": {}} for run in RUNS}

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
@@ -61,7 +60,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_common import load_config, write_report  # noqa: E402  (benchmarks/ is on sys.path)
+from bench_common import load_config, machine_line, write_report  # noqa: E402  (benchmarks/ is on sys.path)
 
 CAPTION = ("caption_missing", "caption_swapped", "caption_noise")
 IMAGE = ("image_noise", "image_blur", "image_occlusion")
@@ -448,7 +447,6 @@ def main(argv=None) -> None:
     from mmssl_jax.tf_compat import import_tensorflow
 
     import_tensorflow()
-    import jax
 
     from mmssl_jax.evaluation import robustness
 
@@ -458,7 +456,7 @@ def main(argv=None) -> None:
     opt = load_config("bert_simclr").optimizer
     report = {"data": args.data, "args": vars(args), "settings": settings, "runs": {},
               "command": "python benchmarks/modality_experiment.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "machine": f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s), {platform.node()}",
+              "machine": machine_line(),
               "optimizer": f"{opt.name.upper()} {opt.learning_rate}"}
     grid = [(f, d, "fixed") for f in args.fractions for d in args.dropouts]
     if args.runs:
