@@ -101,6 +101,7 @@ def train_config(args, settings: dict, fraction: float, dropout: float, seed: in
     """BERTSimCLR with the run's caption fraction, caption dropout and caption-term weighting
     (:data:`WEIGHTINGS`); all else shared."""
     from mmssl_jax import config_base as cb
+    from mmssl_jax.objectives import parse_side
 
     config = load_config("bert_simclr")
     config.input.name = settings["train"]
@@ -118,7 +119,8 @@ def train_config(args, settings: dict, fraction: float, dropout: float, seed: in
     config.encoders.image.kwargs.width = args.width
     config.eval.protocols = ()  # evaluated below, the same way for every run
     if weighting == "share":
-        text_terms = [t for t in config.loss_terms if "text" in (t["a"].split(":")[0], t["b"].split(":")[0])]
+        # The terms that read the caption view: the ones its mask (objectives.term_mask) reaches.
+        text_terms = [t for t in config.loss_terms if "text" in (parse_side(t["a"])[0], parse_side(t["b"])[0])]
         if not text_terms:
             raise ValueError("weighting 'share' needs image-text terms in bert_simclr's loss_terms")
         for t in text_terms:
@@ -343,10 +345,18 @@ def reading(report: dict) -> list[str]:
         best = max(scored, key=lambda r: scored[r][0])
         out.append(f"- {mode} ({metric}): highest relative robustness {best} ({100 * scored[best][0]:.1f}%); "
                    f"positive effective robustness against {ref}: {', '.join(better) if better else 'none'}.")
+    ends = []  # each corruption's score at the highest rate, lowest and highest over the runs
+    for mode in CAPTION + IMAGE:
+        metric = headline(mode)
+        last = [r["aggregate"]["curves"][mode][metric][0][-1] for r in runs.values()
+                if metric in r["aggregate"]["curves"].get(mode, {})]
+        if last:
+            ends.append(f"{mode} {100 * min(last):.1f}-{100 * max(last):.1f}%")
     out.append(f"- Effective robustness is taken against {ref}'s curve shifted to each run's clean score. Where "
-               "every curve ends at the same floor (in the Flickr8k runs: CIFAR-10 probe top-1 about 10% under full "
-               "noise or occlusion and 24-25% under full blur, retrieval R@1 near 0 with every caption corrupted), a run with a lower clean score has less to lose and scores "
-               "positive by construction: read it beside the clean scores, not as a gain on its own.")
+               "every curve ends at the same floor (here, at rate "
+               f"{report['args']['rates'][-1]:g}, over the runs: {'; '.join(ends)}), a run with a lower clean score "
+               "has less to lose and scores positive by construction: read it beside the clean scores, not as a "
+               "gain on its own.")
     if len(report["args"]["seeds"]) < 2:
         out.append("- One seed: no error bars; treat differences of a few points as noise.")
     return out
