@@ -15,6 +15,9 @@ Budgets (``--budget``; every value can be overridden by its own flag):
 * ``full``: width 16, batch 256, 3 epochs (585 updates), kNN and probe every epoch with all
   50,000 training images; about 15 minutes of training per method (ours alone on the 2-core
   machine: ~1.5 s per update at batch 256, measured earlier: 1,000 updates in 25 minutes).
+* ``one_epoch``: width 16, batch 256, 1 epoch (195 updates), kNN and probe at half and full
+  epoch with all 50,000 training images: 2 seeds of SimCLR and BYOL, ours and the peer, in about
+  70 minutes of one session on an otherwise idle 2-core CPU.
 * ``session``: width 16, batch 256, 60 updates (0.31 epoch; the configs' 20 warmup updates
   kept), kNN and probe at updates 30 and 60 with a stratified 10,000-image bank: what fitted one
   session on a 2-core CPU shared with four other jobs (load average ~10).
@@ -25,8 +28,8 @@ Usage::
     python benchmarks/cifar10_ssl.py --data_dir=D --budget=full --seeds=0,1 \
         --peer_python=/path/to/torchvenv/bin/python
 
-Results: ``benchmarks/results/cifar10_ssl.{json,md,png}``; runs already in the JSON (same
-budget) are not run again, so an interrupted benchmark resumes.
+Results: ``benchmarks/results/cifar10_ssl_<budget>.{json,md,png}``; runs already in the JSON
+(same budget) are not run again, so an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ OURS = ("simclr", "moco", "byol", "barlow_twins", "vicreg")
 PEER = ("simclr", "byol")
 BUDGETS = {
     "full": dict(width=16, batch_size=256, epochs=3.0, eval_every=1.0, bank=0),
+    "one_epoch": dict(width=16, batch_size=256, epochs=1.0, eval_every=0.5, bank=0),
     "session": dict(width=16, batch_size=256, epochs=60 / 195, eval_every=30 / 195, bank=10_000),
 }
 KNN_K, KNN_T = 200, 0.07
@@ -231,12 +235,12 @@ def run_peer(method: str, seed: int, args, p: dict, workdir: Path, data_path: Pa
             "probe_top1": curve[-1]["probe_top1"]}
 
 
-def floors(data: dict) -> dict:
-    """kNN and probe on raw pixels in [0, 1] (3,072-d), the same bank and test set."""
+def floors(data: dict, probe: bool) -> dict:
+    """kNN (and the probe if ``probe``) on raw pixels in [0, 1] (3,072-d), the same bank and test set."""
     flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255.0  # noqa: E731
     bank = data["bank_index"]
     return knn_and_probe(flat(data["train_x"][bank]), data["train_y"][bank], flat(data["test_x"]), data["test_y"],
-                         probe=True)
+                         probe=probe)
 
 
 def machine() -> dict:
@@ -260,9 +264,11 @@ def markdown(report: dict) -> str:
         f"{a['bank'] or 50000} training images (stratified) as the kNN bank and the probe's training set, "
         "scored on the 10,000 test images; "
         f"seeds {a['seeds']}. Data: our `cifar10_npz` builder (the peer trains on the same decoded pixels).  ",
-        f"Machine: {report['machine']['cpu_model']}, {report['machine']['cpu_count']} cores, SHARED with other "
-        f"jobs during the runs (load average at the end {report['machine']['load_average_at_end'][0]:.1f}): "
-        "wall times carry that noise; runs were made one after another, ours then the peer, per method.", "",
+        f"Machine: {report['machine']['cpu_model']}, {report['machine']['cpu_count']} cores"
+        + (f", XLA_FLAGS={report['machine']['env']['XLA_FLAGS']}" if "XLA_FLAGS" in report["machine"]["env"] else "")
+        + f"; load average at the end {report['machine']['load_average_at_end'][0]:.1f} (above the core count "
+        "means other jobs shared the CPU and the wall times carry that noise); runs were made one after "
+        f"another, {'ours then the peer, per method and seed' if a.get('order', 'interleaved') == 'interleaved' else 'ours first'}.", "",
         "| method | impl | seed | kNN-200 top-1 % | probe top-1 % | train min | s / update (median) | final loss |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -272,7 +278,8 @@ def markdown(report: dict) -> str:
                      f"{r['train_seconds'] / 60:.1f} | {r['steady_step_seconds']:.2f} | {r['final_loss']:.4f} |")
     if report.get("floors"):
         f = report["floors"]
-        lines.append(f"| raw pixels (floor) | - | - | {100 * f['knn_top1']:.2f} | {100 * f['probe_top1']:.2f} | - | - | - |")
+        probe = f"{100 * f['probe_top1']:.2f}" if "probe_top1" in f else "not run"
+        lines.append(f"| raw pixels (floor) | - | - | {100 * f['knn_top1']:.2f} | {probe} | - | - | - |")
     lines += ["", "Ours vs the peer (per method; seeds averaged, spread = max - min over seeds):", "",
               "| method | seeds | ours kNN % | peer kNN % | ours - peer kNN (pts) | spread ours / peer | "
               "ours - peer probe (pts) | wall ours / peer | s-per-update ours / peer |",
@@ -321,7 +328,7 @@ def plot(report: dict, path: Path) -> None:
         for ax, x in zip(axes, ("epoch", "train_seconds")):
             xs = [c[x] / (60 if x == "train_seconds" else 1) for c in r["curve"]]
             ax.plot(xs, [100 * c["knn_top1"] for c in r["curve"]], **style)
-    for ax, label in zip(axes, ("epochs", "training wall-clock minutes (shared 2-core CPU)")):
+    for ax, label in zip(axes, ("epochs", f"training wall-clock minutes ({report['machine']['cpu_count']}-core CPU)")):
         if report.get("floors"):
             ax.axhline(100 * report["floors"]["knn_top1"], color="grey", lw=0.8, ls=":", label="raw-pixel kNN")
         ax.set_xlabel(label)
@@ -350,7 +357,11 @@ def main(argv=None) -> None:
     parser.add_argument("--peer_python", default="/work/torchvenv/bin/python")
     parser.add_argument("--loader_workers", type=int, default=2, help="data-loader processes (both impls)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
+                        help="the raw-pixel floors (kNN, and the probe unless --no-floor_probe)")
+    parser.add_argument("--floor_probe", action=argparse.BooleanOptionalAction, default=True,
+                        help="the probe on 3,072-d raw pixels: its L-BFGS search takes over 30 CPU-minutes at a "
+                        "10,000-image bank on 2 cores, about 5x that with all 50,000")
     parser.add_argument("--note", action="append", default=[], help="a line for the report (what this run left out)")
     parser.add_argument("--merge", default="", help="comma-separated result JSONs of the same budget to take runs from "
                         "(several invocations run side by side on a shared machine)")
@@ -376,7 +387,7 @@ def main(argv=None) -> None:
     root.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / "cifar10_ssl"
+    stem = out / f"cifar10_ssl_{args.budget}"
     budget_key = {k: getattr(args, k) for k in ("width", "batch_size", "epochs", "eval_every", "bank")}
     report = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
     if report.get("budget_key") != budget_key:
@@ -428,9 +439,10 @@ def main(argv=None) -> None:
         print(f"== {key}: kNN {100 * r['knn_top1']:.2f}% probe {100 * r['probe_top1']:.2f}% "
               f"train {r['train_seconds']:.0f}s", flush=True)
     if args.floors and "floors" not in report:
-        cached = root / f"floors_bank{args.bank}.json"  # raw pixels: the same for every run of this bank
+        # Raw pixels: the same for every run of this bank.
+        cached = root / f"floors_bank{args.bank}{'' if args.floor_probe else '_knn'}.json"
         if not cached.exists():
-            cached.write_text(json.dumps(floors(data)))
+            cached.write_text(json.dumps(floors(data, args.floor_probe)))
         report["floors"] = json.loads(cached.read_text())
     save()
     print(markdown(report))
