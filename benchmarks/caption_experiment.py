@@ -243,6 +243,16 @@ def _pm(stat, scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
+def difference(report: dict, run: str, metric: str, base: str = "simclr") -> tuple[float, float, int]:
+    """``run``'s mean ``metric`` minus ``base``'s, the standard error of that difference (unequal
+    variances), and how many of ``run``'s seeds score above ``base``'s mean."""
+    probe, key = metric.split("/", 1)
+    values = {r: [s["eval"][probe][key] for s in report["runs"][r]["seeds"].values()] for r in (run, base)}
+    (m1, s1), (m0, s0) = _stats(values[run]), _stats(values[base])
+    se = (s1 ** 2 / len(values[run]) + s0 ** 2 / len(values[base])) ** 0.5
+    return m1 - m0, se, sum(v > m0 for v in values[run])
+
+
 def markdown(report: dict) -> str:
     args = report["args"]
     probes = [p[0] for p in report["settings"]["probes"]]
@@ -294,6 +304,16 @@ def markdown(report: dict) -> str:
         lines.append(f"| {run} | " + " | ".join(
             f"{100 * per[str(s)]['eval'][first]['linear_probe/top1']:.1f} / {100 * per[str(s)]['eval'][first]['knn/k200_top1']:.1f}"
             for s in seeds) + " |")
+    if len(seeds) > 1:
+        lines += ["", "Against SimCLR (first probe set): difference of the means ± its standard error "
+                  "sqrt(s1^2/n1 + s2^2/n2), in points, and the seeds of the run above SimCLR's mean:", "",
+                  "| run | probe top-1 | kNN-200 top-1 |", "|---|---:|---:|"]
+        for run in RUNS[1:]:
+            cells = []
+            for key in ("linear_probe/top1", "knn/k200_top1"):
+                d, se, above = difference(report, run, f"{first}/{key}")
+                cells.append(f"{100 * d:+.1f} ± {100 * se:.1f} ({above}/{len(seeds)})")
+            lines.append(f"| {run} | " + " | ".join(cells) + " |")
     lines += ["", "Published (20% of MS-COCO, ResNet-50-scale budget), linear-probe top-1 %: "
               + "; ".join(f"{run}: CIFAR-10 {v['CIFAR-10']}, CIFAR-100 {v['CIFAR-100']}" for run, v in PUBLISHED.items()),
               "", f"Ordering (first probe set, mean probe top-1): {report['ordering']}", ""]
