@@ -261,7 +261,8 @@ def markdown(report: dict) -> str:
         f"Budget `{a['budget']}`: ResNet-18 (CIFAR stem) width {a['width']}, batch {a['batch_size']}, "
         f"{a['epochs']:g} epoch(s) = {p['total']} updates on all 50,000 training images at 32 px; "
         f"kNN-{KNN_K} (T={KNN_T}, cosine, weighted) and linear probe at steps {p['eval_steps']} with "
-        f"{a['bank'] or 50000} training images (stratified) as the kNN bank and the probe's training set, "
+        + (f"{a['bank']} training images (stratified)" if a["bank"] else "all 50,000 training images")
+        + " as the kNN bank and the probe's training set, "
         "scored on the 10,000 test images; "
         f"seeds {a['seeds']}. Data: our `cifar10_npz` builder (the peer trains on the same decoded pixels).  ",
         f"Machine: {report['machine']['cpu_model']}, {report['machine']['cpu_count']} cores"
