@@ -16,8 +16,9 @@ Budgets (``--budget``; every value can be overridden by its own flag):
   50,000 training images; about 15 minutes of training per method (ours alone on the 2-core
   machine: ~1.5 s per update at batch 256, measured earlier: 1,000 updates in 25 minutes).
 * ``one_epoch``: width 16, batch 256, 1 epoch (195 updates), kNN and probe at half and full
-  epoch with all 50,000 training images: 2 seeds of SimCLR and BYOL, ours and the peer, in about
-  70 minutes of one session on an otherwise idle 2-core CPU.
+  epoch with all 50,000 training images: 13-20 minutes per run on an otherwise idle 2-core CPU
+  (5-9 of training, 4-6 per evaluation), so about 1 hour per seed of SimCLR and BYOL, both
+  implementations.
 * ``session``: width 16, batch 256, 60 updates (0.31 epoch; the configs' 20 warmup updates
   kept), kNN and probe at updates 30 and 60 with a stratified 10,000-image bank: what fitted one
   session on a 2-core CPU shared with four other jobs (load average ~10).
