@@ -247,10 +247,10 @@ def difference(report: dict, run: str, metric: str, base: str = "simclr") -> tup
     """``run``'s mean ``metric`` minus ``base``'s, the standard error of that difference (unequal
     variances), and how many of ``run``'s seeds score above ``base``'s mean."""
     probe, key = metric.split("/", 1)
-    values = {r: [s["eval"][probe][key] for s in report["runs"][r]["seeds"].values()] for r in (run, base)}
-    (m1, s1), (m0, s0) = _stats(values[run]), _stats(values[base])
-    se = (s1 ** 2 / len(values[run]) + s0 ** 2 / len(values[base])) ** 0.5
-    return m1 - m0, se, sum(v > m0 for v in values[run])
+    (m1, s1), (m0, s0) = (report["runs"][r]["aggregate"][metric] for r in (run, base))  # aggregate()'s
+    seeds = {r: [s["eval"][probe][key] for s in report["runs"][r]["seeds"].values()] for r in (run, base)}
+    se = (s1 ** 2 / len(seeds[run]) + s0 ** 2 / len(seeds[base])) ** 0.5
+    return m1 - m0, se, sum(v > m0 for v in seeds[run])
 
 
 def markdown(report: dict) -> str:
