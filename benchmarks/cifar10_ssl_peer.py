@@ -8,6 +8,14 @@ encoder's features of the kNN bank and the test set to ``OUT/features_<step>.npz
 the linear probe are then computed on them by mmssl_jax's own protocol functions, exactly as
 for our runs. ``OUT/peer.json`` gets the timings and the loss history.
 
+Its environment (5.5 GB; torch's CPU-only 2.13.0 wheel cannot load torchvision's compiled ops;
+lightly's other dependencies are not needed here, but its ``lightly.transforms`` imports
+``lightning_utilities``)::
+
+    python3 -m venv /work/torchvenv
+    /work/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightning-utilities
+    /work/torchvenv/bin/pip install --no-deps lightly==1.6.0
+
 What mirrors what (ours -> here):
 
 * encoder: ``mmssl_jax.models.resnet`` ResNet-18 with the CIFAR stem -> :class:`ResNet18Cifar`
