@@ -253,19 +253,30 @@ def machine() -> dict:
             "load_average_at_end": os.getloadavg(), "node": os.uname().nodename}
 
 
+def command_lines(report: dict) -> list:
+    """The command of each invocation that made runs in the report, with the runs it made (each run
+    keeps its command; the report accumulates over invocations), in the order the runs finished."""
+    made: dict = {}
+    for key, r in sorted(report["runs"].items(), key=lambda kv: kv[1].get("finished_utc", "")):
+        made.setdefault(r.get("command", report["command"]), []).append(key)
+    lines = [f"Command: `{c}` (runs {', '.join(keys)})  " for c, keys in made.items()]
+    if report["command"] not in made:
+        lines.append(f"Report written by: `{report['command']}`  ")
+    return lines + [f"Runs merged from: `{c}`  " for c in report.get("merged_commands", [])]
+
+
 def markdown(report: dict) -> str:
     a, p = report["args"], report["plan"]
     lines = [
         "# CIFAR-10 self-supervised benchmark: mmssl_jax vs lightly (PyTorch CPU)", "",
-        f"Command: `{report['command']}`  ",
-        *[f"Runs merged from: `{c}`  " for c in report.get("merged_commands", [])],
+        *command_lines(report),
         f"Budget `{a['budget']}`: ResNet-18 (CIFAR stem) width {a['width']}, batch {a['batch_size']}, "
         f"{a['epochs']:g} epoch(s) = {p['total']} updates on all 50,000 training images at 32 px; "
         f"kNN-{KNN_K} (T={KNN_T}, cosine, weighted) and linear probe at steps {p['eval_steps']} with "
         + (f"{a['bank']} training images (stratified)" if a["bank"] else "all 50,000 training images")
         + " as the kNN bank and the probe's training set, "
         "scored on the 10,000 test images; "
-        f"seeds {a['seeds']}. Data: our `cifar10_npz` builder (the peer trains on the same decoded pixels).  ",
+        f"seeds {','.join(sorted({k.split('/')[2] for k in report['runs']}))}. Data: our `cifar10_npz` builder (the peer trains on the same decoded pixels).  ",
         f"Machine: {report['machine']['cpu_model']}, {report['machine']['cpu_count']} cores"
         + (f", XLA_FLAGS={report['machine']['env']['XLA_FLAGS']}" if "XLA_FLAGS" in report["machine"]["env"] else "")
         + f"; load average at the end {report['machine']['load_average_at_end'][0]:.1f} (above the core count "
@@ -403,10 +414,11 @@ def main(argv=None) -> None:
     report.update(args=vars(args), plan=p, notes=NOTES + args.note, command="python benchmarks/cifar10_ssl.py " + " ".join(
         argv if argv is not None else sys.argv[1:]))
     data_path = root / f"data_bank{args.bank}.npz"
-    data = export_data(args, data_path)
+    data = {}  # exported when a run or a floor needs it: re-rendering the report needs no data
 
-    def save():
-        report["machine"] = machine()
+    def save(ran: bool):
+        if ran or "machine" not in report:  # the machine the runs ran on, not the one that re-rendered
+            report["machine"] = machine()
         report["comparison"] = comparison(report["runs"])
         stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
         stem.with_suffix(".md").write_text(markdown(report))
@@ -429,6 +441,7 @@ def main(argv=None) -> None:
         finished = (workdir / ("summary.json" if impl == "ours" else "peer.json")).exists()
         if workdir.exists() and not finished:  # an interrupted run starts again (its timing would not be whole)
             subprocess.run(["rm", "-rf", str(workdir)], check=True)
+        data = data or export_data(args, data_path)
         t = time.time()
         if impl == "ours":
             r = run_ours(method, seed, args, p, workdir)
@@ -436,17 +449,20 @@ def main(argv=None) -> None:
             r = run_peer(method, seed, args, p, workdir, data_path, data)
         r["wall_seconds_with_eval"] = time.time() - t
         r["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        r["command"] = report["command"]
         report["runs"][key] = r
-        save()
+        save(ran=True)
         print(f"== {key}: kNN {100 * r['knn_top1']:.2f}% probe {100 * r['probe_top1']:.2f}% "
               f"train {r['train_seconds']:.0f}s", flush=True)
-    if args.floors and "floors" not in report:
+    if args.floors and ("floors" not in report or (args.floor_probe and "probe_top1" not in report["floors"])):
         # Raw pixels: the same for every run of this bank.
         cached = root / f"floors_bank{args.bank}{'' if args.floor_probe else '_knn'}.json"
         if not cached.exists():
-            cached.write_text(json.dumps(floors(data, args.floor_probe)))
+            t = time.time()
+            cached.write_text(json.dumps({**floors(data or export_data(args, data_path), args.floor_probe),
+                                          "seconds": time.time() - t}))
         report["floors"] = json.loads(cached.read_text())
-    save()
+    save(ran=False)
     print(markdown(report))
 
 
