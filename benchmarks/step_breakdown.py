@@ -48,7 +48,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_ssl  # noqa: E402
-from bench_common import device_description  # noqa: E402
 
 PIECES = ("loader", "device_augment", "model fwd+bwd", "train step", "trainer loop")
 
@@ -198,8 +197,7 @@ def main(argv=None) -> None:
     for method in [m for m in args.methods.split(",") if m]:
         report["results"].append(breakdown(method, args))
         print(json.dumps(report["results"][-1]["pieces"], indent=1), flush=True)
-    report["machine"] = {**device_description(), "env": {k: os.environ[k] for k in ("XLA_FLAGS",) if k in os.environ},
-                         "load_average_at_end": os.getloadavg()}
+    report["machine"] = cifar10_ssl.machine()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_breakdown_cpu.json").write_text(json.dumps(report, indent=1))
