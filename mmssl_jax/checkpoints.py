@@ -16,6 +16,11 @@ import jax
 def make_checkpoint_manager(workdir: Path, config):
     import orbax.checkpoint as ocp
 
+    from mmssl_jax import launch
+
+    # The manager's first act is a collective across processes; they may arrive far apart.
+    launch.sync_processes("checkpoint_manager")
+
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.get("keep_checkpoints", 3),
         save_interval_steps=1,  # the loop decides when to save

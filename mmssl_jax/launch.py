@@ -55,6 +55,30 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     return True
 
 
+def sync_processes(name: str, timeout_s: float = 1800) -> None:
+    """Waits until every process of the run has reached the barrier ``name`` (a no-op alone).
+
+    The barrier is the distributed runtime's (``jax.distributed``'s coordination service), which
+    waits up to ``timeout_s``. Call it before a run's first collective across processes: on CPU,
+    gloo opens its connections there and gives up when the processes arrive more than 30 s apart
+    (``Gloo context initialization failed: ... timed out``), which startup, data loading or a
+    compile on a busy machine easily exceed. Every process must make the same calls in the same
+    order (the n-th call with ``name`` is its own barrier).
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost  # its public wrapper of the runtime's barrier
+
+    _barrier_calls[name] = _barrier_calls.get(name, 0) + 1
+    key = f"mmssl_jax:{name}:{_barrier_calls[name]}"
+    multihost.get_barrier_sync_fn()(key=key, timeout_ms=int(timeout_s * 1000))
+
+
+_barrier_calls: dict[str, int] = {}
+
+
 def _cluster_environment() -> bool:
     """True when a cluster launcher says this is one of several processes (TPU pod, SLURM, MPI)."""
     for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):

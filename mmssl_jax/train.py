@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mmssl_jax import checkpoints, evaluation, gradcache, objectives, optim, recipe, reporting, sharding
+from mmssl_jax import checkpoints, evaluation, gradcache, launch, objectives, optim, recipe, reporting, sharding
 from mmssl_jax.data import augment, inputs, pipeline
 from mmssl_jax.models import MultiViewModel, build_model
 from mmssl_jax.validation import ConfigError, validate_config
@@ -288,6 +288,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         state = checkpoints.restore(manager, state, iterator)
         _log.info("Resumed from step %d in %s", int(state.step), workdir)
     start = int(state.step)
+    # The step compiled before the processes meet, so that one compiling longer than another
+    # cannot make the first step's cross-process collectives time out (the call reuses it).
+    if start < total_steps:
+        step_fn.lower(state, sharding.host_batch_to_global(first, mesh)).compile()
+        launch.sync_processes("first_step")
 
     # Reporting: TensorBoard, one console line per log step, history and curves.
     writer = reporting.make_writer(workdir)

@@ -77,3 +77,20 @@ def test_command_line_runs_a_module_as_processes(tmp_path, capsys):
     assert launch.main(["--num_processes=2", "--module=mmssl_jax_no_such_module"]) == 1
     err = capsys.readouterr().err
     assert "a process failed" in err and "No module named mmssl_jax_no_such_module" in err
+
+
+def test_sync_processes_lets_processes_arrive_far_apart_at_their_first_collective(tmp_path):
+    """Gloo opens its connections at the first collective across processes and gives up when the
+    processes arrive there more than 30 s apart (the failure of a resumed 2-process run on a busy
+    CI machine). Process 1 arrives 35 s late here, through ``sync_processes`` (the trainer calls it
+    before its first collectives), and the collective then runs; without it, this program fails
+    with ``Gloo context initialization failed``."""
+    code = ("import sys, time; from mmssl_jax import launch; launch.initialize_distributed()\n"
+            "import jax; from jax.experimental import multihost_utils\n"
+            "if jax.process_index() == 1: time.sleep(35)\n"
+            "launch.sync_processes('late'); launch.sync_processes('late')  # a name may be used again\n"
+            "rows = multihost_utils.process_allgather(jax.numpy.full((1,), jax.process_index()), tiled=True)\n"
+            "print('gathered', rows.tolist(), flush=True)")
+    results = launch.launch([sys.executable, "-c", code], num_processes=2, devices_per_process=1, timeout=240,
+                            log_dir=tmp_path)
+    assert all("gathered [0, 1]" in r.output for r in results)

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from mmssl_jax import reporting, sharding
+from mmssl_jax import launch, reporting, sharding
 from mmssl_jax.evaluation.evaluators import Evaluation
 from mmssl_jax.models import build_model
 
@@ -62,6 +62,7 @@ def restore_for_eval(checkpoint_dir: str | Path, step: int | None = None,
         root = root / "checkpoints"
     if not root.is_dir():
         raise FileNotFoundError(f"no checkpoint folder at {root} (config.checkpoint_dir)")
+    launch.sync_processes("restore_for_eval")  # before the processes' first collective
     manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
     steps = manager.all_steps()
     if not steps:
