@@ -147,6 +147,13 @@ def test_bad_configs_fail_before_training_naming_the_problem(data_dir, tmp_path)
     assert not (tmp_path / "a").exists()
 
 
+def xla_flags(devices: int) -> str:
+    """This process's XLA_FLAGS (tests/conftest.py's included) with ``devices`` simulated CPU devices."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    return " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def _run_main(args: list[str], workdir: Path, env_extra: dict | None = None, **kwargs):
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.Popen(
@@ -181,7 +188,9 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_parameters(data_dir, tmp
         "--config.log_every=2", "--config.encoders.image.kwargs.width=4", "--config.optimizer.warmup_steps=2",
         "--config.eval.protocols=()",
     ]
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    # One persistent compilation cache: the three later runs compile nothing again.
+    env = {"XLA_FLAGS": xla_flags(1), "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     straight = _run_main(overrides, tmp_path / "straight", env)
     out, _ = straight.communicate(timeout=600)
     assert straight.returncode == 0, out
@@ -224,7 +233,7 @@ train.train_and_evaluate(config, {workdir!r})
     trajectories = []
     for devices in (1, 8):
         workdir = tmp_path / f"d{devices}"
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
         proc = subprocess.run(
             [sys.executable, "-c", code.format(repo=str(REPO), data_dir=data_dir, workdir=str(workdir))],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
@@ -306,7 +315,7 @@ def test_dry_run_prints_the_recipe_card_and_the_compiled_step(data_dir, tmp_path
         "--config.num_steps=10", "--config.optimizer.warmup_steps=0", "--config.optimizer.warmup_epochs=0.5",
         "--config.optimizer.nesterov=True", "--config.optimizer.b1=0.8", "--config.max_logit_scale=4.0",
         "--config.eval.classification.representation=z", "--config.eval.center_crop_fraction=0.875",
-    ], tmp_path, {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    ], tmp_path, {"XLA_FLAGS": xla_flags(1)})
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     card = (tmp_path / "recipe.md").read_text()
