@@ -350,6 +350,9 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
+    from mmssl_jax import xla_cpu
+
+    xla_cpu.add_cpu_flags()  # as python -m mmssl_jax.main does; XLA_FLAGS set by the caller wins
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="embedded", choices=["embedded", "flickr8k"])
     parser.add_argument("--data_dir", default="")

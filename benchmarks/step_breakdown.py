@@ -176,6 +176,9 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> None:
+    from mmssl_jax import xla_cpu
+
+    xla_cpu.add_cpu_flags()  # as python -m mmssl_jax.main does; XLA_FLAGS set by the caller wins
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default=os.environ.get("MMSSL_DATA_DIR", ""))
     parser.add_argument("--budget", default="one_epoch", choices=sorted(cifar10_ssl.BUDGETS))

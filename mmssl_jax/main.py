@@ -51,6 +51,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    from mmssl_jax import xla_cpu
+
+    xla_cpu.add_cpu_flags()  # before any JAX computation; a user's own XLA_FLAGS setting wins
     # TensorFlow (tfds, TensorBoard) must never take an accelerator from JAX.
     from mmssl_jax.tf_compat import import_tensorflow
 

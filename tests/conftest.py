@@ -13,6 +13,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # 3.6 s); the tests check values, not speed. Processes the tests start inherit it.
 if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+# The CPU options python -m mmssl_jax.main adds: the runs the tests start and the references
+# they are held to compute alike.
+from mmssl_jax import xla_cpu  # noqa: E402  (imports nothing)
+
+xla_cpu.add_cpu_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # TensorFlow (pulled in by tfds / clu) must never take an accelerator.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mmssl_jax"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("tf_compat", "config_base", "launch"),
+    ("tf_compat", "config_base", "launch", "xla_cpu"),
     ("sharding",),
     ("streaming", "loss_inputs"),
     ("losses", "reporting", "gradcache"),
