@@ -113,18 +113,23 @@ class LaunchError(RuntimeError):
         self.results = results
 
 
+def xla_flags_with_devices(xla_flags: str, devices: int) -> str:
+    """``xla_flags`` with its simulated CPU device count (if any) replaced by ``devices``."""
+    kept = [f for f in xla_flags.split() if not f.startswith("--xla_force_host_platform_device_count")]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def process_env(process_id: int, num_processes: int, coordinator: str, devices_per_process: int,
                 base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of process ``process_id``: the run's coordinates and its own CPU devices."""
     env = dict(os.environ if base is None else base)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     env.update({
         ENV_COORDINATOR: coordinator,
         ENV_NUM_PROCESSES: str(num_processes),
         ENV_PROCESS_ID: str(process_id),
         "JAX_PLATFORMS": "cpu",
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-        "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={devices_per_process}"]),
+        "XLA_FLAGS": xla_flags_with_devices(env.get("XLA_FLAGS", ""), devices_per_process),
         "PYTHONUNBUFFERED": "1",
     })
     return env

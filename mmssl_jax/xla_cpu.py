@@ -4,7 +4,7 @@ XLA:CPU (jaxlib 0.10) hands every convolution to YNNPACK by default. For a ResNe
 step that path keeps about 1.4 of 2 cores busy and is the slower one: with convolutions left to
 XLA's own (Eigen) kernels and the elementwise chains (BatchNorm, ReLU, residual) fused into
 YNNPACK instead, our ResNet-18 step (CIFAR stem, width 16, batch 512, forward + backward + SGD)
-runs 2.4x faster on a 2-core AVX2 CPU, at 0.9-1.0x PyTorch's NCHW step
+runs 2.6x faster on a 2-core AVX2 CPU (282 against 110 views/s), at 0.94x PyTorch's NCHW step
 (``benchmarks/results/throughput_vs_torch_flags.md``; the losses agree to 1e-7).
 
 ``python -m mmssl_jax.main`` and the benchmarks call :func:`add_cpu_flags` first; it adds an

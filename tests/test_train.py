@@ -149,9 +149,9 @@ def test_bad_configs_fail_before_training_naming_the_problem(data_dir, tmp_path)
 
 def xla_flags(devices: int) -> str:
     """This process's XLA_FLAGS (tests/conftest.py's included) with ``devices`` simulated CPU devices."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    return " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+    from mmssl_jax import launch
+
+    return launch.xla_flags_with_devices(os.environ.get("XLA_FLAGS", ""), devices)
 
 
 def _run_main(args: list[str], workdir: Path, env_extra: dict | None = None, **kwargs):
